@@ -1,0 +1,107 @@
+//! The original server's tables `user`, `friend`, `allgroup`, `groupuser`, with names compared
+//! exactly (binary collation on MySQL/MariaDB).
+
+use sea_orm_migration::{prelude::*, schema::*};
+
+use crate::names::{Allgroup, Friend, Groupuser, User};
+
+/// Creates `user`, `friend`, `allgroup` and `groupuser`.
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+/// A `VARCHAR(len)` compared byte for byte on every backend.
+pub(crate) fn exact_name(manager: &SchemaManager, col: impl IntoIden, len: u32) -> ColumnDef {
+    let mut def = string_len(col, len);
+    if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
+        def.extra("CHARACTER SET utf8mb4 COLLATE utf8mb4_bin");
+    }
+    def
+}
+
+/// A `CREATE TABLE` with the character set MySQL/MariaDB needs for any Unicode text.
+pub(crate) fn create_table(manager: &SchemaManager, name: impl IntoIden) -> TableCreateStatement {
+    let mut table = Table::create();
+    table.table(name).if_not_exists();
+    if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
+        table.character_set("utf8mb4").collate("utf8mb4_bin");
+    }
+    table
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                create_table(manager, User::Table)
+                    .col(big_pk_auto(User::Id))
+                    .col(exact_name(manager, User::Name, 64).unique_key())
+                    .col(string_len(User::Password, 255))
+                    .col(string_len(User::State, 16).default("offline"))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                create_table(manager, Friend::Table)
+                    .col(big_integer(Friend::Userid))
+                    .col(big_integer(Friend::Friendid))
+                    .primary_key(Index::create().col(Friend::Userid).col(Friend::Friendid))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                create_table(manager, Allgroup::Table)
+                    .col(big_pk_auto(Allgroup::Id))
+                    .col(exact_name(manager, Allgroup::Groupname, 64).unique_key())
+                    .col(string_len(Allgroup::Groupdesc, 200))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                create_table(manager, Groupuser::Table)
+                    .col(big_pk_auto(Groupuser::Id))
+                    .col(big_integer(Groupuser::Groupid))
+                    .col(big_integer(Groupuser::Userid))
+                    .col(string_len(Groupuser::Grouprole, 16))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ux_groupuser_group_user")
+                    .table(Groupuser::Table)
+                    .col(Groupuser::Groupid)
+                    .col(Groupuser::Userid)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_groupuser_user")
+                    .table(Groupuser::Table)
+                    .col(Groupuser::Userid)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            Groupuser::Table.into_iden(),
+            Allgroup::Table.into_iden(),
+            Friend::Table.into_iden(),
+            User::Table.into_iden(),
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! [`Application`]: connects the database, builds the bus, presence and chat pipeline, binds the
+//! listener, and runs until shut down. [`AppState`] is what every handler shares.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::hub::{ConnId, Hub};
+use crate::presence::Presence;
+use crate::store::Store;
+use crate::{http, telemetry};
+
+/// Shared state of one replica, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] holds.
+pub struct Shared {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// This replica's name (`node` in the login reply).
+    pub node: Arc<str>,
+    /// The database.
+    pub store: Store,
+    /// Live connections of this replica.
+    pub hub: Arc<Hub>,
+    /// Cross-replica (or in-process) delivery.
+    pub bus: Bus,
+    /// Who is online.
+    pub presence: Presence,
+    /// The chat pipeline (group commit, then publish).
+    pub delivery: Delivery,
+    /// Flips to `true` when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Open WebSocket connections.
+    pub connections: ConnectionCount,
+    /// Source of connection ids.
+    next_conn: AtomicU64,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Counts open connections, so that shutdown can wait for them to close.
+#[derive(Default)]
+pub struct ConnectionCount {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+/// Decrements the count when dropped.
+pub struct ConnectionGuard<'a>(&'a ConnectionCount);
+
+impl ConnectionCount {
+    /// Registers an open connection for as long as the guard lives.
+    pub fn enter(&self) -> ConnectionGuard<'_> {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!("chat_ws_connections").increment(1.0);
+        ConnectionGuard(self)
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!("chat_ws_connections").decrement(1.0);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// Triggers a graceful shutdown of an [`Application`].
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Stops accepting, closes sockets with 1001, flushes pending writes.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A built replica, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown: ShutdownHandle,
+    writer: JoinHandle<()>,
+}
+
+impl Application {
+    /// Connects and migrates the database, starts the pipeline, binds `config.listen`.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        telemetry::install_metrics();
+        let store = Store::connect(&config.database_url, config.db_pool)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the database {}",
+                    redact(&config.database_url)
+                )
+            })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let node: Arc<str> = config.resolve_node_id(port).into();
+        if config.redis_url.is_some() {
+            anyhow::bail!(
+                "--redis-url: the Redis bus is not available in this build yet; run without it for a single node"
+            );
+        }
+        let hub = Arc::new(Hub::default());
+        let bus = Bus::local(hub.clone(), node.clone());
+        let presence = Presence::local(hub.clone(), store.clone(), bus.clone());
+        let (delivery, writer) =
+            Delivery::start(store.clone(), bus.clone(), node.clone(), config.write_batch);
+        let (tx, rx) = watch::channel(false);
+        let state = AppState(Arc::new(Shared {
+            config,
+            node,
+            store,
+            hub,
+            bus,
+            presence,
+            delivery,
+            shutdown: rx,
+            connections: ConnectionCount::default(),
+            next_conn: AtomicU64::new(1),
+        }));
+        Ok(Application {
+            listener,
+            state,
+            shutdown: ShutdownHandle(Arc::new(tx)),
+            writer,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    /// This replica's name.
+    pub fn node_id(&self) -> &str {
+        &self.state.node
+    }
+
+    /// A handle that stops the application.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown handle is triggered, then drains connections and writes.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            shutdown: _,
+            writer,
+        } = self;
+        tracing::info!(node = %state.node, addr = %listener.local_addr()?, "clusterchat listening");
+        let router = http::router(state.clone());
+        let mut stop = state.shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await?;
+        // Sockets close themselves with 1001 on the same signal; give them a moment.
+        if tokio::time::timeout(Duration::from_secs(5), state.connections.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = state.connections.open(),
+                "connections still open at shutdown"
+            );
+        }
+        state.delivery.flush().await;
+        drop(state);
+        writer.abort();
+        tracing::info!("clusterchat stopped");
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(redact("mysql://root:pw@h/db"), "mysql://root:***@h/db");
+        assert_eq!(
+            redact("sqlite://chat.db?mode=rwc"),
+            "sqlite://chat.db?mode=rwc"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,81 @@
+//! Password hashing with argon2 (per-user random salt, PHC strings), run off the async
+//! threads. Unknown users are checked against a dummy hash so that both failures take as long.
+
+use std::sync::{Arc, OnceLock};
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+
+use crate::error::ServiceError;
+
+/// Hashes a new password.
+pub async fn hash_password(password: String) -> Result<String, ServiceError> {
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| ServiceError::internal("hashing a password", &e))
+    })
+    .await
+    .map_err(|e| ServiceError::internal("hashing task", &e))?
+}
+
+/// Whether `password` matches `stored` (an argon2 PHC string); `None` checks against a dummy
+/// hash and returns false, taking the same time.
+pub async fn verify_password(
+    stored: Option<String>,
+    password: String,
+) -> Result<bool, ServiceError> {
+    let known = stored.is_some();
+    let stored: Arc<str> = match stored {
+        Some(s) => s.into(),
+        None => dummy_hash(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let ok = PasswordHash::new(&stored)
+            .map(|hash| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &hash)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        ok && known
+    })
+    .await
+    .map_err(|e| ServiceError::internal("verification task", &e))
+}
+
+fn dummy_hash() -> Arc<str> {
+    static DUMMY: OnceLock<Arc<str>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            Argon2::default()
+                .hash_password(b"clusterchat dummy password")
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+                .into()
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_hash_verifies_only_its_password() {
+        let hash = hash_password("s3cret".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2"));
+        assert!(
+            verify_password(Some(hash.clone()), "s3cret".into())
+                .await
+                .unwrap()
+        );
+        assert!(!verify_password(Some(hash), "S3cret".into()).await.unwrap());
+        assert!(
+            !verify_password(None, "clusterchat dummy password".into())
+                .await
+                .unwrap()
+        );
+    }
+}

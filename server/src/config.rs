@@ -1,0 +1,99 @@
+//! Runtime configuration: one clap struct, every field also an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Everything `chat-server` can be told at start-up (flags or `CHAT_*` environment variables).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "chat-server",
+    version,
+    about = "clusterchat: the msgid JSON chat protocol over WebSocket"
+)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket (`/ws`); port 0 picks a free port.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `sqlite://FILE?mode=rwc`, `mysql://user:pass@host/db` or
+    /// `postgres://user@host/db`. The schema is created or migrated on start.
+    #[arg(
+        long,
+        env = "CHAT_DATABASE_URL",
+        default_value = "sqlite://chat.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// Redis URL (`redis://host:port`) for cross-replica delivery and presence. Absent: single
+    /// node with the in-process bus.
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Name of this replica, reported to clients in the login reply (`node`). Default:
+    /// `<hostname>:<port>`.
+    #[arg(long, env = "CHAT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Log filter in `tracing` EnvFilter syntax, e.g. `info` or `chat_server=debug`.
+    #[arg(long, env = "CHAT_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Folder served at `/` (the web page). Default: `web/` of the working directory, else the
+    /// `web/` folder of the source tree the binary was built from.
+    #[arg(long, env = "CHAT_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
+    /// Largest client message accepted, in bytes; larger ones get ERROR_MSG 413.
+    #[arg(long, env = "CHAT_MAX_FRAME", default_value_t = 65_536)]
+    pub max_frame: usize,
+
+    /// Pushes that may wait for one connection before it is closed as too slow (code 1008).
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = 4096)]
+    pub outbound_queue: usize,
+
+    /// Most chat messages written to the database in one transaction (group commit).
+    #[arg(long, env = "CHAT_WRITE_BATCH", default_value_t = 512)]
+    pub write_batch: usize,
+
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "CHAT_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: the given database, port 0, defaults elsewhere.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        let mut config = Config::parse_from(["chat-server"]);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database_url = database_url.into();
+        config
+    }
+
+    /// The web folder to serve: the configured one, `./web`, or the source tree's `web/`.
+    pub fn resolve_web_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.web_dir {
+            return dir.clone();
+        }
+        let cwd = PathBuf::from("web");
+        if cwd.join("index.html").is_file() {
+            return cwd;
+        }
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web"))
+    }
+
+    /// The replica name: the configured one, or `<hostname>:<port>` of the bound address.
+    pub fn resolve_node_id(&self, port: u16) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("{host}:{port}")
+    }
+}

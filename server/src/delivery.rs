@@ -1,0 +1,328 @@
+//! The chat pipeline: one task per replica takes chat sends in arrival order, stores them in
+//! batches (one transaction for many messages: group commit), publishes each stored message on
+//! the bus in seq order, and only then answers the senders. A send is never acked before its
+//! message is both stored and published.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::bus::{Bus, BusEvent, Channel, Origin};
+use crate::error::{ServiceError, StoreError};
+use crate::hub::ConnId;
+use crate::protocol::{self, Target};
+use crate::store::Store;
+use crate::store::entities::message;
+use crate::store::messages::{NewMessage, Written};
+
+/// One chat send, from an authenticated session.
+#[derive(Debug)]
+pub struct ChatJob {
+    /// The session's user.
+    pub sender: i64,
+    /// The session user's name (goes into the push).
+    pub sender_name: Arc<str>,
+    /// Recipient user or group.
+    pub target: Target,
+    /// Text, validated.
+    pub msg: String,
+    /// Idempotency key.
+    pub txnid: Option<String>,
+    /// The sending connection: it gets the ack, not the push.
+    pub origin: ConnId,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<ChatAck, ServiceError>>,
+}
+
+/// What the sender's ack carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatAck {
+    /// Server-assigned id.
+    pub message_id: i64,
+    /// Position in the conversation.
+    pub seq: i64,
+    /// Server time in ms.
+    pub time_ms: i64,
+}
+
+/// Where a send goes: its conversation, and its recipient or group.
+#[derive(Debug, Clone, Copy)]
+struct Destination {
+    conv: i64,
+    toid: Option<i64>,
+    groupid: Option<i64>,
+}
+
+/// (group, sender) → destination, or the errno that refuses it; valid for one batch.
+type Memberships = HashMap<(i64, i64), Result<Destination, i64>>;
+
+enum Command {
+    Chat(ChatJob),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the pipeline, cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Attempts of a batch that met a transient conflict (deadlock, concurrent txnid).
+const BATCH_ATTEMPTS: usize = 3;
+
+impl Delivery {
+    /// Starts the pipeline task.
+    pub fn start(
+        store: Store,
+        bus: Bus,
+        node: Arc<str>,
+        batch_max: usize,
+    ) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
+        let writer = Writer {
+            store,
+            bus,
+            node,
+            batch_max: batch_max.max(1),
+        };
+        (Delivery { tx }, tokio::spawn(writer.run(rx)))
+    }
+
+    /// Queues a send; its outcome arrives on the job's `reply`. Sends are stored in the order
+    /// they are queued.
+    pub async fn submit(&self, job: ChatJob) {
+        if let Err(mpsc::error::SendError(Command::Chat(job))) =
+            self.tx.send(Command::Chat(job)).await
+        {
+            let _ = job.reply.send(Err(ServiceError::Unavailable(
+                "the server is shutting down".into(),
+            )));
+        }
+    }
+
+    /// Waits until everything queued before this call has been stored and published.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct Writer {
+    store: Store,
+    bus: Bus,
+    node: Arc<str>,
+    batch_max: usize,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Command>) {
+        let mut jobs = Vec::with_capacity(self.batch_max);
+        let mut flushes = Vec::new();
+        while let Some(cmd) = rx.recv().await {
+            let mut next = Some(cmd);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Chat(job) => jobs.push(job),
+                    Command::Flush(done) => flushes.push(done),
+                }
+                if jobs.len() < self.batch_max {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !jobs.is_empty() {
+                self.process(std::mem::take(&mut jobs)).await;
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Stores, publishes and answers one batch.
+    async fn process(&self, jobs: Vec<ChatJob>) {
+        let started = Instant::now();
+        let mut outcomes: Vec<Option<Result<ChatAck, ServiceError>>> =
+            Vec::with_capacity(jobs.len());
+        let mut resolved = Vec::with_capacity(jobs.len());
+        let mut membership = Memberships::new();
+        for job in &jobs {
+            match self.resolve(job, &mut membership).await {
+                Ok(dest) => {
+                    outcomes.push(None);
+                    resolved.push(Some(dest));
+                }
+                Err(e) => {
+                    outcomes.push(Some(Err(e)));
+                    resolved.push(None);
+                }
+            }
+        }
+        let mut index = Vec::new();
+        let mut batch = Vec::new();
+        for (i, (job, dest)) in jobs.iter().zip(&resolved).enumerate() {
+            if let Some(dest) = dest {
+                index.push(i);
+                batch.push(NewMessage {
+                    sender: job.sender,
+                    conv: dest.conv,
+                    toid: dest.toid,
+                    groupid: dest.groupid,
+                    msg: &job.msg,
+                    txnid: job.txnid.as_deref(),
+                });
+            }
+        }
+        if !batch.is_empty() {
+            metrics::histogram!("chat_db_batch_size").record(batch.len() as f64);
+            let written = self.write(&batch).await;
+            metrics::histogram!("chat_db_batch_seconds").record(started.elapsed().as_secs_f64());
+            match written {
+                Ok(written) => {
+                    for (&i, w) in index.iter().zip(written) {
+                        outcomes[i] = Some(self.publish(&jobs[i], w).await);
+                    }
+                }
+                Err(e) => {
+                    let e = ServiceError::from(e);
+                    for &i in &index {
+                        outcomes[i] = Some(Err(clone_error(&e)));
+                    }
+                }
+            }
+        }
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            let outcome =
+                outcome.unwrap_or_else(|| Err(ServiceError::internal("delivery", &"no outcome")));
+            let _ = job.reply.send(outcome);
+        }
+    }
+
+    /// The conversation, recipient and group of a send, or why it cannot be sent.
+    async fn resolve(
+        &self,
+        job: &ChatJob,
+        membership: &mut Memberships,
+    ) -> Result<Destination, ServiceError> {
+        match job.target {
+            Target::User(to) => {
+                if self.store.user_name(to).await?.is_none() {
+                    return Err(ServiceError::NotFound(format!("no user with id {to}")));
+                }
+                let conv = self
+                    .store
+                    .pair_conversation(job.sender, to, true)
+                    .await?
+                    .ok_or_else(|| ServiceError::internal("pair conversation", &"not created"))?;
+                Ok(Destination {
+                    conv,
+                    toid: Some(to),
+                    groupid: None,
+                })
+            }
+            Target::Group(g) => {
+                if let Some(known) = membership.get(&(g, job.sender)) {
+                    return (*known).map_err(group_error);
+                }
+                let answer = if self.store.member_role(g, job.sender).await?.is_some() {
+                    match self.store.group_conversation(g).await? {
+                        Some(c) => Ok(Destination {
+                            conv: c.id,
+                            toid: None,
+                            groupid: Some(g),
+                        }),
+                        None => Err(404),
+                    }
+                } else if self.store.group(g).await?.is_some() {
+                    Err(403)
+                } else {
+                    Err(404)
+                };
+                membership.insert((g, job.sender), answer);
+                answer.map_err(group_error)
+            }
+        }
+    }
+
+    /// Writes a batch, retrying transient conflicts.
+    async fn write(&self, batch: &[NewMessage<'_>]) -> Result<Vec<Written>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            match self.store.write_batch(batch, now).await {
+                Err(StoreError::Duplicate(e) | StoreError::Conflict(e))
+                    if attempt < BATCH_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, "retrying message batch: {e}");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Publishes a stored message and returns the sender's ack.
+    async fn publish(&self, job: &ChatJob, written: Written) -> Result<ChatAck, ServiceError> {
+        let m = match written {
+            Written::Stored(m) | Written::Duplicate(m) => m,
+            Written::TxnidReused => {
+                return Err(ServiceError::Conflict(
+                    "txnid was already used for another message".into(),
+                ));
+            }
+            Written::Gone => return Err(ServiceError::NotFound("no such group".into())),
+        };
+        let frame: Arc<str> = protocol::chat_frame(&m, &job.sender_name).into();
+        let origin = Origin {
+            node: self.node.clone(),
+            conn: job.origin,
+        };
+        let channels: &[Channel] = &match (m.toid, m.groupid) {
+            (_, Some(g)) => vec![Channel::Group(g)],
+            (Some(to), None) if to != m.sender => vec![Channel::User(to), Channel::User(m.sender)],
+            _ => vec![Channel::User(m.sender)],
+        };
+        for &channel in channels {
+            let event = BusEvent::Push {
+                frame: frame.clone(),
+                skip: Some(origin.clone()),
+            };
+            if let Err(e) = self.bus.publish(channel, event).await {
+                tracing::warn!(message_id = m.id, "publish failed: {e}");
+                return Err(ServiceError::Unavailable(
+                    "the message was stored but could not be delivered".into(),
+                ));
+            }
+        }
+        Ok(ack_of(&m))
+    }
+}
+
+fn ack_of(m: &message::Model) -> ChatAck {
+    ChatAck {
+        message_id: m.id,
+        seq: m.seq,
+        time_ms: m.sent_at,
+    }
+}
+
+fn group_error(code: i64) -> ServiceError {
+    if code == 403 {
+        ServiceError::Forbidden("you are not a member of this group".into())
+    } else {
+        ServiceError::NotFound("no such group".into())
+    }
+}
+
+/// The same error for every job of a failed batch.
+fn clone_error(e: &ServiceError) -> ServiceError {
+    match e {
+        ServiceError::Unavailable(m) => ServiceError::Unavailable(m.clone()),
+        ServiceError::Internal(id) => ServiceError::Internal(id.clone()),
+        other => ServiceError::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,289 @@
+//! The hub: this replica's live connections, by user and by group, and local delivery of
+//! pushes to them. It also counts which bus channels this replica needs (a channel is
+//! subscribed once per replica however many local users need it).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::bus::Channel;
+
+/// Identifies a connection on this replica.
+pub type ConnId = u64;
+
+/// The sending side of a connection's outbound push queue.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    /// The connection.
+    pub id: ConnId,
+    /// Bounded queue of serialized pushes.
+    tx: mpsc::Sender<Arc<str>>,
+    /// Signalled when the queue overflowed: the connection closes itself (1008).
+    overflow: Arc<Notify>,
+}
+
+impl ConnHandle {
+    /// A handle for connection `id` feeding `tx`, signalling `overflow` when `tx` is full.
+    pub fn new(id: ConnId, tx: mpsc::Sender<Arc<str>>, overflow: Arc<Notify>) -> Self {
+        ConnHandle { id, tx, overflow }
+    }
+
+    /// Queues a push; a full queue marks the connection as too slow.
+    fn push(&self, frame: &Arc<str>) -> bool {
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("chat_slow_consumer_disconnects_total").increment(1);
+                self.overflow.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// A user with at least one connection on this replica.
+#[derive(Default)]
+struct LocalUser {
+    conns: Vec<ConnHandle>,
+    groups: HashSet<i64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    users: HashMap<i64, LocalUser>,
+    /// group id → ids of its members connected here.
+    groups: HashMap<i64, HashSet<i64>>,
+}
+
+/// What attaching or detaching a connection changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// The user's first connection on this replica arrived, or its last one left.
+    pub first_or_last: bool,
+    /// Channels to subscribe (attach) or unsubscribe (detach).
+    pub channels: Vec<Channel>,
+}
+
+/// The registry of local connections. Never held across an `.await`.
+#[derive(Default)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a logged-in connection of `user`, a member of `groups`.
+    pub fn attach(&self, user: i64, conn: ConnHandle, groups: &[i64]) -> Change {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut change = Change::default();
+        let local = inner.users.entry(user).or_default();
+        if local.conns.is_empty() {
+            change.first_or_last = true;
+            change.channels.push(Channel::User(user));
+            for &g in groups {
+                local.groups.insert(g);
+                let members = inner.groups.entry(g).or_default();
+                if members.is_empty() {
+                    change.channels.push(Channel::Group(g));
+                }
+                members.insert(user);
+            }
+        }
+        local.conns.push(conn);
+        change
+    }
+
+    /// Unregisters a connection of `user`.
+    pub fn detach(&self, user: i64, conn: ConnId) -> Change {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut change = Change::default();
+        let Some(local) = inner.users.get_mut(&user) else {
+            return change;
+        };
+        local.conns.retain(|c| c.id != conn);
+        if !local.conns.is_empty() {
+            return change;
+        }
+        change.first_or_last = true;
+        change.channels.push(Channel::User(user));
+        if let Some(local) = inner.users.remove(&user) {
+            for g in local.groups {
+                if let Some(members) = inner.groups.get_mut(&g) {
+                    members.remove(&user);
+                    if members.is_empty() {
+                        inner.groups.remove(&g);
+                        change.channels.push(Channel::Group(g));
+                    }
+                }
+            }
+        }
+        change
+    }
+
+    /// `user` (if connected here) joined `group`: returns the group channel if newly needed.
+    pub fn joined(&self, user: i64, group: i64) -> Option<Channel> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let local = inner.users.get_mut(&user)?;
+        if !local.groups.insert(group) {
+            return None;
+        }
+        let members = inner.groups.entry(group).or_default();
+        let first = members.is_empty();
+        members.insert(user);
+        first.then_some(Channel::Group(group))
+    }
+
+    /// `user` (if connected here) left `group`: returns the group channel if no longer needed.
+    pub fn left(&self, user: i64, group: i64) -> Option<Channel> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let local = inner.users.get_mut(&user)?;
+        if !local.groups.remove(&group) {
+            return None;
+        }
+        let members = inner.groups.get_mut(&group)?;
+        members.remove(&user);
+        if members.is_empty() {
+            inner.groups.remove(&group);
+            return Some(Channel::Group(group));
+        }
+        None
+    }
+
+    /// Delivers a serialized push to the local connections that `channel` reaches, except
+    /// `skip`. Returns how many connections got it.
+    pub fn deliver(&self, channel: Channel, frame: &Arc<str>, skip: Option<ConnId>) -> usize {
+        let inner = self.lock();
+        let mut n = 0;
+        let mut send = |user: &LocalUser| {
+            for c in &user.conns {
+                if Some(c.id) != skip && c.push(frame) {
+                    n += 1;
+                }
+            }
+        };
+        match channel {
+            Channel::User(u) => {
+                if let Some(user) = inner.users.get(&u) {
+                    send(user);
+                }
+            }
+            Channel::Group(g) => {
+                if let Some(members) = inner.groups.get(&g) {
+                    for u in members {
+                        if let Some(user) = inner.users.get(u) {
+                            send(user);
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Pushes `frame` to every local connection (e.g. RESYNC_MSG).
+    pub fn broadcast(&self, frame: &Arc<str>) {
+        let inner = self.lock();
+        for user in inner.users.values() {
+            for c in &user.conns {
+                c.push(frame);
+            }
+        }
+    }
+
+    /// Whether `user` has a connection on this replica.
+    pub fn is_connected(&self, user: i64) -> bool {
+        self.lock().users.contains_key(&user)
+    }
+
+    /// Every channel this replica needs (for resubscribing after a bus reconnect).
+    pub fn channels(&self) -> Vec<Channel> {
+        let inner = self.lock();
+        inner
+            .users
+            .keys()
+            .map(|&u| Channel::User(u))
+            .chain(inner.groups.keys().map(|&g| Channel::Group(g)))
+            .collect()
+    }
+
+    /// Users with a connection here.
+    pub fn local_users(&self) -> Vec<i64> {
+        self.lock().users.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: ConnId) -> (ConnHandle, mpsc::Receiver<Arc<str>>) {
+        let (tx, rx) = mpsc::channel(2);
+        (ConnHandle::new(id, tx, Arc::new(Notify::new())), rx)
+    }
+
+    #[test]
+    fn channels_are_counted_once_per_replica() {
+        let hub = Hub::default();
+        let (a1, _r1) = conn(1);
+        let (a2, _r2) = conn(2);
+        let (b, _r3) = conn(3);
+        assert_eq!(
+            hub.attach(10, a1, &[7]).channels,
+            vec![Channel::User(10), Channel::Group(7)]
+        );
+        assert_eq!(hub.attach(10, a2, &[7]), Change::default());
+        assert_eq!(hub.attach(11, b, &[7]).channels, vec![Channel::User(11)]);
+        assert_eq!(hub.detach(10, 1), Change::default());
+        assert_eq!(hub.detach(10, 2).channels, vec![Channel::User(10)]);
+        assert_eq!(
+            hub.detach(11, 3).channels,
+            vec![Channel::User(11), Channel::Group(7)]
+        );
+        assert!(hub.channels().is_empty());
+    }
+
+    #[test]
+    fn delivery_skips_the_origin_and_reaches_group_members() {
+        let hub = Hub::default();
+        let (a1, mut r1) = conn(1);
+        let (a2, mut r2) = conn(2);
+        let (b, mut r3) = conn(3);
+        hub.attach(10, a1, &[7]);
+        hub.attach(10, a2, &[7]);
+        hub.attach(11, b, &[]);
+        let frame: Arc<str> = Arc::from("x");
+        assert_eq!(hub.deliver(Channel::Group(7), &frame, Some(1)), 1);
+        assert!(r1.try_recv().is_err());
+        assert!(r2.try_recv().is_ok());
+        assert!(r3.try_recv().is_err());
+        assert_eq!(hub.joined(11, 7), None);
+        assert_eq!(hub.deliver(Channel::Group(7), &frame, None), 3);
+        assert_eq!(hub.left(11, 7), None);
+        assert_eq!(hub.left(10, 7), Some(Channel::Group(7)));
+    }
+
+    #[test]
+    fn a_full_queue_signals_overflow() {
+        let hub = Hub::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let overflow = Arc::new(Notify::new());
+        hub.attach(1, ConnHandle::new(9, tx, overflow.clone()), &[]);
+        let frame: Arc<str> = Arc::from("x");
+        assert_eq!(hub.deliver(Channel::User(1), &frame, None), 1);
+        assert_eq!(hub.deliver(Channel::User(1), &frame, None), 0);
+        let notified = overflow.notified();
+        tokio::pin!(notified);
+        assert!(futures_util::FutureExt::now_or_never(notified).is_some());
+    }
+}

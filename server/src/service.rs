@@ -1,0 +1,489 @@
+//! The service layer: one handler per request, given the connection's session. Business rules
+//! live here and nowhere else; the sender of every request is the session's user.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
+use crate::app::AppState;
+use crate::auth;
+use crate::bus::{BusEvent, Channel};
+use crate::delivery::{ChatAck, ChatJob};
+use crate::error::{ServiceError, StoreError};
+use crate::hub::{ConnHandle, ConnId};
+use crate::protocol::{ChatView, HistoryPage, LoginId, Request, Target, format_time};
+use crate::store::accounts::UserRow;
+use crate::store::groups::{GroupInfo, JoinOutcome, QuitOutcome};
+
+/// The logged-in user of a connection.
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    /// User id.
+    pub id: i64,
+    /// Name.
+    pub name: Arc<str>,
+}
+
+/// Per-connection state the handlers need.
+#[derive(Debug)]
+pub struct Session {
+    /// This connection.
+    pub conn: ConnId,
+    /// Set by LOGIN_MSG, cleared by LOGINOUT_MSG or disconnect.
+    pub user: Option<SessionUser>,
+}
+
+/// The payload fields of a successful reply (merged after msgid, reqid, errno, errmsg).
+pub type Payload = Map<String, Value>;
+
+impl Session {
+    /// A new anonymous session for connection `conn`.
+    pub fn new(conn: ConnId) -> Self {
+        Session { conn, user: None }
+    }
+
+    fn user(&self) -> Result<&SessionUser, ServiceError> {
+        self.user.as_ref().ok_or(ServiceError::NotLoggedIn)
+    }
+}
+
+/// Handles every request except chat sends (see [`submit_chat`]). `handle` is the connection's
+/// push queue, registered at login.
+pub async fn handle(
+    state: &AppState,
+    session: &mut Session,
+    handle: &ConnHandle,
+    request: Request,
+) -> Result<Payload, ServiceError> {
+    match request {
+        Request::Login { who, password } => login(state, session, handle, who, password).await,
+        Request::Register { name, password } => register(state, name, password).await,
+        Request::Logout => {
+            session.user()?;
+            end_session(state, session).await;
+            Ok(Payload::new())
+        }
+        Request::Chat { .. } => Err(ServiceError::internal("dispatch", &"chat sent to handle()")),
+        Request::AddFriend { friendid } => add_friend(state, session.user()?, friendid).await,
+        Request::DelFriend { friendid } => del_friend(state, session.user()?, friendid).await,
+        Request::FriendList => {
+            let me = session.user()?;
+            let friends = state.store.friends(me.id).await?;
+            Ok(payload("friends", users_json(state, &friends).await))
+        }
+        Request::CreateGroup {
+            groupname,
+            groupdesc,
+        } => create_group(state, session.user()?, &groupname, &groupdesc).await,
+        Request::AddGroup { groupid } => join_group(state, session.user()?, groupid).await,
+        Request::QuitGroup { groupid } => quit_group(state, session.user()?, groupid).await,
+        Request::GroupList => {
+            let me = session.user()?;
+            let groups = state.store.groups_of(me.id).await?;
+            Ok(payload("groups", groups_json(state, &groups).await))
+        }
+        Request::GroupMembers { groupid } => {
+            let me = session.user()?;
+            let group = member_group(state, me.id, groupid).await?;
+            let online = online_of(
+                state,
+                &group.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            )
+            .await;
+            Ok(payload("users", members_json(&group, &online)))
+        }
+        Request::History {
+            target,
+            page,
+            limit,
+        } => history(state, session.user()?, target, page, limit).await,
+        Request::Read { target, seq } => read(state, session.user()?, target, seq).await,
+    }
+}
+
+/// Queues a chat send of the session's user; the receiver yields its ack.
+pub async fn submit_chat(
+    state: &AppState,
+    session: &Session,
+    target: Target,
+    msg: String,
+    txnid: Option<String>,
+) -> Result<oneshot::Receiver<Result<ChatAck, ServiceError>>, ServiceError> {
+    let me = session.user()?;
+    let (reply, rx) = oneshot::channel();
+    state
+        .delivery
+        .submit(ChatJob {
+            sender: me.id,
+            sender_name: me.name.clone(),
+            target,
+            msg,
+            txnid,
+            origin: session.conn,
+            reply,
+        })
+        .await;
+    Ok(rx)
+}
+
+/// The payload of a chat ack.
+pub fn chat_ack_payload(ack: &ChatAck) -> Payload {
+    let mut p = Payload::with_capacity(3);
+    p.insert("message_id".into(), ack.message_id.into());
+    p.insert("seq".into(), ack.seq.into());
+    p.insert("time".into(), format_time(ack.time_ms).into());
+    p
+}
+
+/// Logs the connection out (LOGINOUT_MSG or disconnect): unregisters it, and announces the
+/// user offline when this was its last connection anywhere.
+pub async fn end_session(state: &AppState, session: &mut Session) {
+    let Some(user) = session.user.take() else {
+        return;
+    };
+    let change = state.hub.detach(user.id, session.conn);
+    if let Err(e) = state.bus.unsubscribe(&change.channels).await {
+        tracing::warn!(user = user.id, "unsubscribe at logout: {e}");
+    }
+    state
+        .presence
+        .disconnected(user.id, &user.name, change.first_or_last);
+    metrics::gauge!("chat_logged_in_sessions").decrement(1.0);
+}
+
+async fn login(
+    state: &AppState,
+    session: &mut Session,
+    handle: &ConnHandle,
+    who: LoginId,
+    password: String,
+) -> Result<Payload, ServiceError> {
+    if session.user.is_some() {
+        return Err(ServiceError::Conflict(
+            "this connection is already logged in".into(),
+        ));
+    }
+    let account = match who {
+        LoginId::Id(id) => state.store.user_by_id(id).await?,
+        LoginId::Name(name) => state.store.user_by_name(&name).await?,
+    };
+    let stored = account.as_ref().map(|a| a.password.clone());
+    if !auth::verify_password(stored, password).await? {
+        return Err(ServiceError::WrongCredentials);
+    }
+    let Some(account) = account else {
+        return Err(ServiceError::WrongCredentials);
+    };
+    let me = SessionUser {
+        id: account.id,
+        name: Arc::from(account.name.as_str()),
+    };
+    // Live channels first, then the backlog: a push may precede the reply, never be missed.
+    let group_ids = state.store.group_ids_of(me.id).await?;
+    let change = state.hub.attach(me.id, handle.clone(), &group_ids);
+    session.user = Some(me.clone());
+    metrics::gauge!("chat_logged_in_sessions").increment(1.0);
+    if let Err(e) = state.bus.subscribe(&change.channels).await {
+        end_session(state, session).await;
+        return Err(ServiceError::Unavailable(e.to_string()));
+    }
+    state
+        .presence
+        .connected(me.id, &me.name, change.first_or_last);
+    match login_payload(state, &me, &group_ids).await {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            end_session(state, session).await;
+            Err(e)
+        }
+    }
+}
+
+async fn login_payload(
+    state: &AppState,
+    me: &SessionUser,
+    group_ids: &[i64],
+) -> Result<Payload, ServiceError> {
+    let friends = state.store.friends(me.id).await?;
+    let groups = state.store.groups_info(group_ids).await?;
+    let unread = state.store.unread(me.id, group_ids).await?;
+    let senders: Vec<i64> = unread.iter().map(|m| m.sender).collect();
+    let names = state.store.user_names(&senders).await?;
+    let offline: Vec<Value> = unread
+        .iter()
+        .map(|m| {
+            let name = names.get(&m.sender).map_or("", |n| n);
+            serde_json::to_value(ChatView::of(m, name)).unwrap_or_default()
+        })
+        .collect();
+    let mut p = Payload::with_capacity(6);
+    p.insert("id".into(), me.id.into());
+    p.insert("name".into(), (*me.name).into());
+    p.insert("node".into(), (*state.node).into());
+    p.insert("friends".into(), users_json(state, &friends).await);
+    p.insert("groups".into(), groups_json(state, &groups).await);
+    p.insert("offlinemsg".into(), Value::Array(offline));
+    Ok(p)
+}
+
+async fn register(
+    state: &AppState,
+    name: String,
+    password: String,
+) -> Result<Payload, ServiceError> {
+    if state.store.user_by_name(&name).await?.is_some() {
+        return Err(ServiceError::NameTaken("that name"));
+    }
+    let hash = auth::hash_password(password).await?;
+    match state.store.create_user(&name, &hash).await {
+        Ok(id) => Ok(payload("id", id.into())),
+        Err(StoreError::Duplicate(_)) => Err(ServiceError::NameTaken("that name")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn add_friend(
+    state: &AppState,
+    me: &SessionUser,
+    friendid: i64,
+) -> Result<Payload, ServiceError> {
+    if friendid == me.id {
+        return Err(ServiceError::BadRequest(
+            "you cannot befriend yourself".into(),
+        ));
+    }
+    let Some(name) = state.store.user_name(friendid).await? else {
+        return Err(ServiceError::NotFound(format!(
+            "no user with id {friendid}"
+        )));
+    };
+    if !state.store.add_friend(me.id, friendid).await? {
+        return Err(ServiceError::Conflict("you are already friends".into()));
+    }
+    let friend = UserRow { id: friendid, name };
+    let online = online_of(state, &[friendid]).await;
+    Ok(payload("friend", user_json(&friend, &online)))
+}
+
+async fn del_friend(
+    state: &AppState,
+    me: &SessionUser,
+    friendid: i64,
+) -> Result<Payload, ServiceError> {
+    if !state.store.del_friend(me.id, friendid).await? {
+        return Err(ServiceError::NotFound(format!(
+            "user {friendid} is not your friend"
+        )));
+    }
+    Ok(Payload::new())
+}
+
+async fn create_group(
+    state: &AppState,
+    me: &SessionUser,
+    groupname: &str,
+    groupdesc: &str,
+) -> Result<Payload, ServiceError> {
+    let gid = match state.store.create_group(me.id, groupname, groupdesc).await {
+        Ok(gid) => gid,
+        Err(StoreError::Duplicate(_)) => return Err(ServiceError::NameTaken("that group name")),
+        Err(e) => return Err(e.into()),
+    };
+    announce_membership(state, me.id, BusEvent::Joined { group: gid }).await;
+    group_payload(state, gid).await
+}
+
+async fn join_group(
+    state: &AppState,
+    me: &SessionUser,
+    groupid: i64,
+) -> Result<Payload, ServiceError> {
+    match state.store.join_group(groupid, me.id).await? {
+        JoinOutcome::Joined => {}
+        JoinOutcome::AlreadyMember => {
+            return Err(ServiceError::Conflict(
+                "you are already a member of this group".into(),
+            ));
+        }
+        JoinOutcome::NoSuchGroup => return Err(no_such_group(groupid)),
+    }
+    announce_membership(state, me.id, BusEvent::Joined { group: groupid }).await;
+    group_payload(state, groupid).await
+}
+
+async fn quit_group(
+    state: &AppState,
+    me: &SessionUser,
+    groupid: i64,
+) -> Result<Payload, ServiceError> {
+    match state.store.quit_group(groupid, me.id).await? {
+        QuitOutcome::Left { .. } => {}
+        QuitOutcome::NotMember => return Err(not_member()),
+        QuitOutcome::NoSuchGroup => return Err(no_such_group(groupid)),
+    }
+    announce_membership(state, me.id, BusEvent::Left { group: groupid }).await;
+    Ok(Payload::new())
+}
+
+/// Tells every replica with a connection of `user` that its groups changed.
+async fn announce_membership(state: &AppState, user: i64, event: BusEvent) {
+    if let Err(e) = state.bus.publish(Channel::User(user), event).await {
+        tracing::warn!(user, "membership change not published: {e}");
+    }
+}
+
+async fn group_payload(state: &AppState, gid: i64) -> Result<Payload, ServiceError> {
+    let group = state
+        .store
+        .group_info(gid)
+        .await?
+        .ok_or_else(|| no_such_group(gid))?;
+    Ok(payload(
+        "group",
+        groups_json(state, &[group]).await[0].take(),
+    ))
+}
+
+/// The group, if `uid` is a member (404 / 403 otherwise).
+async fn member_group(state: &AppState, uid: i64, gid: i64) -> Result<GroupInfo, ServiceError> {
+    let group = state
+        .store
+        .group_info(gid)
+        .await?
+        .ok_or_else(|| no_such_group(gid))?;
+    if !group.members.iter().any(|m| m.id == uid) {
+        return Err(not_member());
+    }
+    Ok(group)
+}
+
+/// The conversation id a member may read (`None`: it has no message yet).
+async fn conversation_of(
+    state: &AppState,
+    me: &SessionUser,
+    target: Target,
+) -> Result<Option<i64>, ServiceError> {
+    match target {
+        Target::User(other) => {
+            if state.store.user_name(other).await?.is_none() {
+                return Err(ServiceError::NotFound(format!("no user with id {other}")));
+            }
+            Ok(state.store.pair_conversation(me.id, other, false).await?)
+        }
+        Target::Group(g) => {
+            if state.store.member_role(g, me.id).await?.is_none() {
+                return Err(if state.store.group(g).await?.is_some() {
+                    not_member()
+                } else {
+                    no_such_group(g)
+                });
+            }
+            Ok(state.store.group_conversation(g).await?.map(|c| c.id))
+        }
+    }
+}
+
+async fn history(
+    state: &AppState,
+    me: &SessionUser,
+    target: Target,
+    page: HistoryPage,
+    limit: u32,
+) -> Result<Payload, ServiceError> {
+    let (rows, more) = match conversation_of(state, me, target).await? {
+        Some(conv) => state.store.history(conv, page, limit).await?,
+        None => (Vec::new(), false),
+    };
+    let senders: Vec<i64> = rows.iter().map(|m| m.sender).collect();
+    let names = state.store.user_names(&senders).await?;
+    let messages: Vec<Value> = rows
+        .iter()
+        .map(|m| {
+            serde_json::to_value(ChatView::of(m, names.get(&m.sender).map_or("", |n| n)))
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut p = Payload::with_capacity(2);
+    p.insert("messages".into(), Value::Array(messages));
+    p.insert("more".into(), more.into());
+    Ok(p)
+}
+
+async fn read(
+    state: &AppState,
+    me: &SessionUser,
+    target: Target,
+    seq: i64,
+) -> Result<Payload, ServiceError> {
+    if let Some(conv) = conversation_of(state, me, target).await? {
+        let seq = seq.min(state.store.last_seq(conv).await?);
+        if seq > 0 {
+            state.store.advance_cursor(me.id, conv, seq).await?;
+        }
+    }
+    Ok(Payload::new())
+}
+
+fn no_such_group(gid: i64) -> ServiceError {
+    ServiceError::NotFound(format!("no group with id {gid}"))
+}
+
+fn not_member() -> ServiceError {
+    ServiceError::Forbidden("you are not a member of this group".into())
+}
+
+fn payload(key: &str, value: Value) -> Payload {
+    let mut p = Payload::with_capacity(1);
+    p.insert(key.into(), value);
+    p
+}
+
+async fn online_of(state: &AppState, ids: &[i64]) -> HashSet<i64> {
+    state.presence.online(ids).await
+}
+
+fn state_word(online: &HashSet<i64>, id: i64) -> &'static str {
+    if online.contains(&id) {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+fn user_json(u: &UserRow, online: &HashSet<i64>) -> Value {
+    json!({"id": u.id, "name": &*u.name, "state": state_word(online, u.id)})
+}
+
+async fn users_json(state: &AppState, users: &[UserRow]) -> Value {
+    let online = online_of(state, &users.iter().map(|u| u.id).collect::<Vec<_>>()).await;
+    Value::Array(users.iter().map(|u| user_json(u, &online)).collect())
+}
+
+fn members_json(group: &GroupInfo, online: &HashSet<i64>) -> Value {
+    Value::Array(
+        group
+            .members
+            .iter()
+            .map(|m| json!({"id": m.id, "name": &*m.name, "state": state_word(online, m.id), "role": m.role}))
+            .collect(),
+    )
+}
+
+async fn groups_json(state: &AppState, groups: &[GroupInfo]) -> Value {
+    let ids: Vec<i64> = groups
+        .iter()
+        .flat_map(|g| g.members.iter().map(|m| m.id))
+        .collect();
+    let online = online_of(state, &ids).await;
+    Value::Array(
+        groups
+            .iter()
+            .map(|g| {
+                json!({"id": g.id, "groupname": g.groupname, "groupdesc": g.groupdesc,
+                       "users": members_json(g, &online)})
+            })
+            .collect(),
+    )
+}

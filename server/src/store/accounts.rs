@@ -1,0 +1,187 @@
+//! Users and friendships.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait, sea_query::OnConflict,
+};
+
+use super::Store;
+use super::entities::{friend, user};
+use crate::error::StoreError;
+
+/// A user as other users see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// User id.
+    pub id: i64,
+    /// Name.
+    pub name: Arc<str>,
+}
+
+impl Store {
+    /// Creates an account; `Err(Duplicate)` when the name is taken.
+    pub async fn create_user(&self, name: &str, password_hash: &str) -> Result<i64, StoreError> {
+        let res = user::Entity::insert(user::ActiveModel {
+            id: NotSet,
+            name: Set(name.to_owned()),
+            password: Set(password_hash.to_owned()),
+            state: Set("offline".to_owned()),
+        })
+        .exec(&self.db)
+        .await?;
+        let id = res.last_insert_id;
+        self.cache_name(id, name);
+        Ok(id)
+    }
+
+    /// The account with this id.
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<user::Model>, StoreError> {
+        Ok(user::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    /// The account with exactly this name.
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<user::Model>, StoreError> {
+        Ok(user::Entity::find()
+            .filter(user::Column::Name.eq(name))
+            .one(&self.db)
+            .await?)
+    }
+
+    fn cache_name(&self, id: i64, name: &str) {
+        if let Ok(mut names) = self.names.lock() {
+            names.entry(id).or_insert_with(|| Arc::from(name));
+        }
+    }
+
+    /// Names of the given users that exist (cached: names never change).
+    pub async fn user_names(&self, ids: &[i64]) -> Result<HashMap<i64, Arc<str>>, StoreError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        if let Ok(names) = self.names.lock() {
+            for id in ids {
+                match names.get(id) {
+                    Some(n) => {
+                        found.insert(*id, n.clone());
+                    }
+                    None => missing.push(*id),
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        for chunk in missing.chunks(500) {
+            let rows: Vec<(i64, String)> = user::Entity::find()
+                .select_only()
+                .column(user::Column::Id)
+                .column(user::Column::Name)
+                .filter(user::Column::Id.is_in(chunk.iter().copied()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            for (id, name) in rows {
+                self.cache_name(id, &name);
+                found.insert(id, Arc::from(name));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The name of one user, if the user exists.
+    pub async fn user_name(&self, id: i64) -> Result<Option<Arc<str>>, StoreError> {
+        Ok(self.user_names(&[id]).await?.remove(&id))
+    }
+
+    /// Records the last presence transition in `user.state` (informational only).
+    pub async fn set_state(&self, id: i64, state: &str) -> Result<(), StoreError> {
+        user::Entity::update_many()
+            .col_expr(user::Column::State, sea_orm::sea_query::Expr::value(state))
+            .filter(user::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of the user's friends.
+    pub async fn friend_ids(&self, id: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(friend::Entity::find()
+            .select_only()
+            .column(friend::Column::Friendid)
+            .filter(friend::Column::Userid.eq(id))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The user's friends with their names, by id.
+    pub async fn friends(&self, id: i64) -> Result<Vec<UserRow>, StoreError> {
+        let ids = self.friend_ids(id).await?;
+        self.rows_of(ids).await
+    }
+
+    /// `UserRow`s of existing users among `ids`, sorted by id.
+    pub async fn rows_of(&self, mut ids: Vec<i64>) -> Result<Vec<UserRow>, StoreError> {
+        ids.sort_unstable();
+        ids.dedup();
+        let names = self.user_names(&ids).await?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| {
+                names.get(&id).map(|n| UserRow {
+                    id,
+                    name: n.clone(),
+                })
+            })
+            .collect())
+    }
+
+    /// Whether `a` has `b` as a friend.
+    pub async fn is_friend(&self, a: i64, b: i64) -> Result<bool, StoreError> {
+        Ok(friend::Entity::find_by_id((a, b))
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+
+    /// Makes `a` and `b` friends both ways; `false` when they already were.
+    pub async fn add_friend(&self, a: i64, b: i64) -> Result<bool, StoreError> {
+        let rows = [(a, b), (b, a)].map(|(userid, friendid)| friend::ActiveModel {
+            userid: Set(userid),
+            friendid: Set(friendid),
+        });
+        let txn = self.db.begin().await?;
+        let inserted = friend::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::columns([friend::Column::Userid, friend::Column::Friendid])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(inserted > 0)
+    }
+
+    /// Ends the friendship both ways; `false` when there was none.
+    pub async fn del_friend(&self, a: i64, b: i64) -> Result<bool, StoreError> {
+        let res = friend::Entity::delete_many()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(friend::Column::Userid.eq(a))
+                            .add(friend::Column::Friendid.eq(b)),
+                    )
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(friend::Column::Userid.eq(b))
+                            .add(friend::Column::Friendid.eq(a)),
+                    ),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+}

@@ -1,0 +1,391 @@
+//! Conversations, message writes in batches (group commit), history pages, read cursors and
+//! the unread backlog of the login reply.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::Store;
+use super::entities::{conversation, message, read_cursor};
+use crate::error::StoreError;
+use crate::protocol::HistoryPage;
+
+/// Unread messages per conversation offered at login.
+pub const UNREAD_PER_CONVERSATION: u64 = 200;
+
+/// A message to store, its conversation already resolved.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    /// Sender (the session's user).
+    pub sender: i64,
+    /// Conversation id.
+    pub conv: i64,
+    /// Recipient of a 1:1 message.
+    pub toid: Option<i64>,
+    /// Group of a group message.
+    pub groupid: Option<i64>,
+    /// Text.
+    pub msg: &'a str,
+    /// Idempotency key.
+    pub txnid: Option<&'a str>,
+}
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Stored now.
+    Stored(message::Model),
+    /// Its txnid was used before for the same target and text: the stored message.
+    Duplicate(message::Model),
+    /// Its txnid was used before for another target or text.
+    TxnidReused,
+    /// The conversation no longer exists (group deleted meanwhile).
+    Gone,
+}
+
+/// Which 1:1 conversation a pair of users has: (smaller id, larger id).
+pub fn pair_key(a: i64, b: i64) -> (i64, i64) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+impl Store {
+    /// The conversation id of the 1:1 pair, created on first use when `create`.
+    pub async fn pair_conversation(
+        &self,
+        a: i64,
+        b: i64,
+        create: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let (lo, hi) = pair_key(a, b);
+        if let Some(id) = self
+            .pairs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&(lo, hi)).copied())
+        {
+            return Ok(Some(id));
+        }
+        let find = || {
+            conversation::Entity::find()
+                .select_only()
+                .column(conversation::Column::Id)
+                .filter(conversation::Column::UserLo.eq(lo))
+                .filter(conversation::Column::UserHi.eq(hi))
+                .into_tuple::<i64>()
+                .one(&self.db)
+        };
+        let mut id = find().await?;
+        if id.is_none() && create {
+            conversation::Entity::insert(conversation::ActiveModel {
+                id: NotSet,
+                user_lo: Set(Some(lo)),
+                user_hi: Set(Some(hi)),
+                groupid: Set(None),
+                last_seq: Set(0),
+            })
+            .on_conflict(
+                OnConflict::columns([conversation::Column::UserLo, conversation::Column::UserHi])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+            id = find().await?;
+        }
+        if let (Some(id), Ok(mut pairs)) = (id, self.pairs.lock()) {
+            pairs.insert((lo, hi), id);
+        }
+        Ok(id)
+    }
+
+    /// The conversation of a group, if the group exists.
+    pub async fn group_conversation(
+        &self,
+        gid: i64,
+    ) -> Result<Option<conversation::Model>, StoreError> {
+        Ok(conversation::Entity::find()
+            .filter(conversation::Column::Groupid.eq(gid))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// The last seq of a conversation (0 when it has none).
+    pub async fn last_seq(&self, conv: i64) -> Result<i64, StoreError> {
+        Ok(conversation::Entity::find_by_id(conv)
+            .one(&self.db)
+            .await?
+            .map_or(0, |c| c.last_seq))
+    }
+
+    /// Stores a batch of messages in one transaction, assigning contiguous seqs per conversation
+    /// in batch order. Duplicated txnids (earlier or within the batch) store nothing.
+    pub async fn write_batch(
+        &self,
+        items: &[NewMessage<'_>],
+        now_ms: i64,
+    ) -> Result<Vec<Written>, StoreError> {
+        let mut out: Vec<Option<Written>> = vec![None; items.len()];
+
+        // Idempotency: earlier messages with the same (sender, txnid).
+        let mut by_txn: HashMap<(i64, &str), usize> = HashMap::new();
+        let mut earlier: HashMap<(i64, String), message::Model> = HashMap::new();
+        let with_txn: Vec<(i64, &str)> = items
+            .iter()
+            .filter_map(|m| m.txnid.map(|t| (m.sender, t)))
+            .collect();
+        if !with_txn.is_empty() {
+            let mut cond = Condition::any();
+            for (sender, txnid) in &with_txn {
+                cond = cond.add(
+                    Condition::all()
+                        .add(message::Column::Sender.eq(*sender))
+                        .add(message::Column::Txnid.eq(*txnid)),
+                );
+            }
+            for m in message::Entity::find().filter(cond).all(&self.db).await? {
+                if let Some(t) = m.txnid.clone() {
+                    earlier.insert((m.sender, t), m);
+                }
+            }
+        }
+        // (index in items) of the messages to insert, grouped by conversation.
+        let mut per_conv: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        let mut twin_of: HashMap<usize, usize> = HashMap::new();
+        for (i, m) in items.iter().enumerate() {
+            if let Some(t) = m.txnid {
+                if let Some(prev) = earlier.get(&(m.sender, t.to_owned())) {
+                    out[i] = Some(if same_message(prev, m) {
+                        Written::Duplicate(prev.clone())
+                    } else {
+                        Written::TxnidReused
+                    });
+                    continue;
+                }
+                if let Some(&first) = by_txn.get(&(m.sender, t)) {
+                    twin_of.insert(i, first);
+                    continue;
+                }
+                by_txn.insert((m.sender, t), i);
+            }
+            per_conv.entry(m.conv).or_default().push(i);
+        }
+
+        if !per_conv.is_empty() {
+            let txn = self.db.begin().await?;
+            // Reserve seqs, conversation by conversation in id order (no deadlocks between
+            // replicas); the first statement is a write, which takes SQLite's lock up front.
+            for (conv, idx) in &per_conv {
+                conversation::Entity::update_many()
+                    .col_expr(
+                        conversation::Column::LastSeq,
+                        Expr::col(conversation::Column::LastSeq).add(idx.len() as i64),
+                    )
+                    .filter(conversation::Column::Id.eq(*conv))
+                    .exec(&txn)
+                    .await?;
+            }
+            let lasts: HashMap<i64, i64> = conversation::Entity::find()
+                .select_only()
+                .column(conversation::Column::Id)
+                .column(conversation::Column::LastSeq)
+                .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
+                .into_tuple::<(i64, i64)>()
+                .all(&txn)
+                .await?
+                .into_iter()
+                .collect();
+            let mut rows = Vec::with_capacity(items.len());
+            let mut ranges = Vec::new();
+            for (conv, idx) in &per_conv {
+                let Some(last) = lasts.get(conv) else {
+                    for &i in idx {
+                        out[i] = Some(Written::Gone);
+                    }
+                    continue;
+                };
+                let first = last - idx.len() as i64 + 1;
+                ranges.push((*conv, first, *last));
+                for (k, &i) in idx.iter().enumerate() {
+                    let m = &items[i];
+                    rows.push(message::ActiveModel {
+                        id: NotSet,
+                        conv: Set(*conv),
+                        seq: Set(first + k as i64),
+                        sender: Set(m.sender),
+                        toid: Set(m.toid),
+                        groupid: Set(m.groupid),
+                        msg: Set(m.msg.to_owned()),
+                        sent_at: Set(now_ms),
+                        txnid: Set(m.txnid.map(str::to_owned)),
+                    });
+                }
+            }
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<_> = rows.by_ref().take(400).collect();
+                message::Entity::insert_many(chunk)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
+            if !ranges.is_empty() {
+                let mut cond = Condition::any();
+                for (conv, first, last) in &ranges {
+                    cond = cond.add(
+                        Condition::all()
+                            .add(message::Column::Conv.eq(*conv))
+                            .add(message::Column::Seq.between(*first, *last)),
+                    );
+                }
+                let stored = message::Entity::find().filter(cond).all(&txn).await?;
+                let mut by_pos: HashMap<(i64, i64), message::Model> =
+                    stored.into_iter().map(|m| ((m.conv, m.seq), m)).collect();
+                for (conv, first, _) in &ranges {
+                    for (k, &i) in per_conv[conv].iter().enumerate() {
+                        out[i] = by_pos
+                            .remove(&(*conv, first + k as i64))
+                            .map(Written::Stored);
+                    }
+                }
+            }
+            txn.commit().await?;
+        }
+
+        for (i, first) in twin_of {
+            out[i] = Some(match &out[first] {
+                Some(Written::Stored(m)) | Some(Written::Duplicate(m)) => {
+                    if same_message(m, &items[i]) {
+                        Written::Duplicate(m.clone())
+                    } else {
+                        Written::TxnidReused
+                    }
+                }
+                other => other.clone().unwrap_or(Written::Gone),
+            });
+        }
+        Ok(out
+            .into_iter()
+            .map(|w| w.unwrap_or(Written::Gone))
+            .collect())
+    }
+
+    /// A page of a conversation, in ascending seq, and whether more exist beyond it.
+    pub async fn history(
+        &self,
+        conv: i64,
+        page: HistoryPage,
+        limit: u32,
+    ) -> Result<(Vec<message::Model>, bool), StoreError> {
+        let q = message::Entity::find().filter(message::Column::Conv.eq(conv));
+        let q = match page {
+            HistoryPage::Newest => q.order_by_desc(message::Column::Seq),
+            HistoryPage::Before(b) => q
+                .filter(message::Column::Seq.lt(b))
+                .order_by_desc(message::Column::Seq),
+            HistoryPage::After(a) => q
+                .filter(message::Column::Seq.gt(a))
+                .order_by_asc(message::Column::Seq),
+        };
+        let mut rows = q.limit(u64::from(limit) + 1).all(&self.db).await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        if !matches!(page, HistoryPage::After(_)) {
+            rows.reverse();
+        }
+        Ok((rows, more))
+    }
+
+    /// Moves `uid`'s cursor in `conv` forward to `seq` (never backward).
+    pub async fn advance_cursor(&self, uid: i64, conv: i64, seq: i64) -> Result<(), StoreError> {
+        let forward = || {
+            read_cursor::Entity::update_many()
+                .col_expr(read_cursor::Column::Seq, Expr::value(seq))
+                .filter(read_cursor::Column::Userid.eq(uid))
+                .filter(read_cursor::Column::Conv.eq(conv))
+                .filter(read_cursor::Column::Seq.lt(seq))
+                .exec(&self.db)
+        };
+        if forward().await?.rows_affected > 0 {
+            return Ok(());
+        }
+        let inserted = read_cursor::Entity::insert(read_cursor::ActiveModel {
+            userid: Set(uid),
+            conv: Set(conv),
+            seq: Set(seq),
+        })
+        .on_conflict(
+            OnConflict::columns([read_cursor::Column::Userid, read_cursor::Column::Conv])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        if inserted == 0 {
+            // A row appeared meanwhile: move it forward if it is behind.
+            forward().await?;
+        }
+        Ok(())
+    }
+
+    /// The unread backlog of `uid`: in each 1:1 conversation and each of `groups`, messages
+    /// above the user's cursor not sent by the user, the newest 200 of each, ordered by
+    /// (time, message_id).
+    pub async fn unread(
+        &self,
+        uid: i64,
+        groups: &[i64],
+    ) -> Result<Vec<message::Model>, StoreError> {
+        let mut cond = Condition::any()
+            .add(conversation::Column::UserLo.eq(uid))
+            .add(conversation::Column::UserHi.eq(uid));
+        if !groups.is_empty() {
+            cond = cond.add(conversation::Column::Groupid.is_in(groups.iter().copied()));
+        }
+        let convs = conversation::Entity::find()
+            .filter(cond)
+            .filter(conversation::Column::LastSeq.gt(0))
+            .all(&self.db)
+            .await?;
+        if convs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cursors: HashMap<i64, i64> = read_cursor::Entity::find()
+            .select_only()
+            .column(read_cursor::Column::Conv)
+            .column(read_cursor::Column::Seq)
+            .filter(read_cursor::Column::Userid.eq(uid))
+            .into_tuple::<(i64, i64)>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        let mut out = Vec::new();
+        for c in convs {
+            let from = cursors.get(&c.id).copied().unwrap_or(0);
+            if c.last_seq <= from {
+                continue;
+            }
+            let rows = message::Entity::find()
+                .filter(message::Column::Conv.eq(c.id))
+                .filter(message::Column::Seq.gt(from))
+                .filter(message::Column::Sender.ne(uid))
+                .order_by_desc(message::Column::Seq)
+                .limit(UNREAD_PER_CONVERSATION)
+                .all(&self.db)
+                .await?;
+            out.extend(rows);
+        }
+        out.sort_by_key(|m| (m.sent_at, m.id));
+        Ok(out)
+    }
+}
+
+fn same_message(stored: &message::Model, new: &NewMessage<'_>) -> bool {
+    stored.conv == new.conv
+        && stored.toid == new.toid
+        && stored.groupid == new.groupid
+        && stored.msg == new.msg
+}

@@ -1,0 +1,77 @@
+//! The store: sea-orm entities and the queries of the service layer (the original's "model"
+//! layer). SQLite, MySQL/MariaDB and PostgreSQL share one code path, chosen by the URL scheme.
+//!
+//! - [`accounts`]: users and friendships.
+//! - [`groups`]: groups and membership.
+//! - [`messages`]: conversations, batched message writes, history, read cursors, unread.
+
+pub mod accounts;
+pub mod entities;
+pub mod groups;
+pub mod messages;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
+
+use crate::error::StoreError;
+
+/// Handle to the database, cheap to clone. Also caches what never changes once written: user
+/// names and the conversation id of each 1:1 pair.
+#[derive(Clone)]
+pub struct Store {
+    /// The connection pool.
+    db: DatabaseConnection,
+    /// user id → name (names never change, users are never deleted).
+    names: Arc<Mutex<HashMap<i64, Arc<str>>>>,
+    /// (smaller user id, larger user id) → conversation id.
+    pairs: Arc<Mutex<HashMap<(i64, i64), i64>>>,
+}
+
+impl Store {
+    /// Connects to `url` and brings the schema up to date.
+    pub async fn connect(url: &str, pool: u32) -> anyhow::Result<Self> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.max_connections(pool)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(false)
+        });
+        let db = Database::connect(opts).await?;
+        Migrator::up(&db, None).await?;
+        Ok(Store {
+            db,
+            names: Arc::default(),
+            pairs: Arc::default(),
+        })
+    }
+
+    /// The underlying connection (for health checks).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> DatabaseBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Answers when the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(StoreError::from)
+    }
+
+    /// Closes the pool (pending writes must be flushed before).
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+}
