@@ -9,16 +9,9 @@ use crate::names::{Allgroup, Friend, Groupuser, User};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// A `VARCHAR(len)` compared byte for byte on every backend.
-pub(crate) fn exact_name(manager: &SchemaManager, col: impl IntoIden, len: u32) -> ColumnDef {
-    let mut def = string_len(col, len);
-    if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
-        def.extra("CHARACTER SET utf8mb4 COLLATE utf8mb4_bin");
-    }
-    def
-}
-
-/// A `CREATE TABLE` with the character set MySQL/MariaDB needs for any Unicode text.
+/// A `CREATE TABLE` whose text is Unicode and compared byte for byte on every backend (on
+/// MySQL/MariaDB: `utf8mb4` with the binary collation; SQLite and PostgreSQL compare exactly by
+/// default).
 pub(crate) fn create_table(manager: &SchemaManager, name: impl IntoIden) -> TableCreateStatement {
     let mut table = Table::create();
     table.table(name).if_not_exists();
@@ -35,7 +28,7 @@ impl MigrationTrait for Migration {
             .create_table(
                 create_table(manager, User::Table)
                     .col(big_pk_auto(User::Id))
-                    .col(exact_name(manager, User::Name, 64).unique_key())
+                    .col(string_len(User::Name, 64).unique_key())
                     .col(string_len(User::Password, 255))
                     .col(string_len(User::State, 16).default("offline"))
                     .to_owned(),
@@ -54,7 +47,7 @@ impl MigrationTrait for Migration {
             .create_table(
                 create_table(manager, Allgroup::Table)
                     .col(big_pk_auto(Allgroup::Id))
-                    .col(exact_name(manager, Allgroup::Groupname, 64).unique_key())
+                    .col(string_len(Allgroup::Groupname, 64).unique_key())
                     .col(string_len(Allgroup::Groupdesc, 200))
                     .to_owned(),
             )

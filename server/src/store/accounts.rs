@@ -147,21 +147,24 @@ impl Store {
 
     /// Makes `a` and `b` friends both ways; `false` when they already were.
     pub async fn add_friend(&self, a: i64, b: i64) -> Result<bool, StoreError> {
+        if self.is_friend(a, b).await? {
+            return Ok(false);
+        }
         let rows = [(a, b), (b, a)].map(|(userid, friendid)| friend::ActiveModel {
             userid: Set(userid),
             friendid: Set(friendid),
         });
         let txn = self.db.begin().await?;
-        let inserted = friend::Entity::insert_many(rows)
+        friend::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::columns([friend::Column::Userid, friend::Column::Friendid])
-                    .do_nothing()
+                    .do_nothing_on([friend::Column::Userid])
                     .to_owned(),
             )
             .exec_without_returning(&txn)
             .await?;
         txn.commit().await?;
-        Ok(inserted > 0)
+        Ok(true)
     }
 
     /// Ends the friendship both ways; `false` when there was none.

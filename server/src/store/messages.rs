@@ -89,7 +89,7 @@ impl Store {
             })
             .on_conflict(
                 OnConflict::columns([conversation::Column::UserLo, conversation::Column::UserHi])
-                    .do_nothing()
+                    .do_nothing_on([conversation::Column::UserLo])
                     .to_owned(),
             )
             .exec_without_returning(&self.db)
@@ -311,22 +311,20 @@ impl Store {
         if forward().await?.rows_affected > 0 {
             return Ok(());
         }
-        let inserted = read_cursor::Entity::insert(read_cursor::ActiveModel {
+        read_cursor::Entity::insert(read_cursor::ActiveModel {
             userid: Set(uid),
             conv: Set(conv),
             seq: Set(seq),
         })
         .on_conflict(
             OnConflict::columns([read_cursor::Column::Userid, read_cursor::Column::Conv])
-                .do_nothing()
+                .do_nothing_on([read_cursor::Column::Userid])
                 .to_owned(),
         )
         .exec_without_returning(&self.db)
         .await?;
-        if inserted == 0 {
-            // A row appeared meanwhile: move it forward if it is behind.
-            forward().await?;
-        }
+        // If a row appeared meanwhile (the insert did nothing), move it forward if behind.
+        forward().await?;
         Ok(())
     }
 
