@@ -141,14 +141,15 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
         let node: Arc<str> = config.resolve_node_id(port).into();
-        if config.redis_url.is_some() {
-            anyhow::bail!(
-                "--redis-url: the Redis bus is not available in this build yet; run without it for a single node"
-            );
-        }
         let hub = Arc::new(Hub::default());
-        let bus = Bus::local(hub.clone(), node.clone());
-        let presence = Presence::local(hub.clone(), store.clone(), bus.clone());
+        let bus = match &config.redis_url {
+            None => Bus::local(hub.clone(), node.clone()),
+            Some(url) => Bus::redis(url, hub.clone(), node.clone())
+                .await
+                .with_context(|| format!("connecting to Redis {}", redact(url)))?,
+        };
+        let presence =
+            Presence::start(hub.clone(), store.clone(), bus.clone(), node.clone()).await?;
         let (delivery, writer) =
             Delivery::start(store.clone(), bus.clone(), node.clone(), config.write_batch);
         let (tx, rx) = watch::channel(false);
@@ -221,6 +222,7 @@ impl Application {
             );
         }
         state.delivery.flush().await;
+        state.bus.close().await;
         drop(state);
         writer.abort();
         tracing::info!("clusterchat stopped");

@@ -183,8 +183,9 @@ impl Writer {
             metrics::histogram!("chat_db_batch_seconds").record(started.elapsed().as_secs_f64());
             match written {
                 Ok(written) => {
-                    for (&i, w) in index.iter().zip(written) {
-                        outcomes[i] = Some(self.publish(&jobs[i], w).await);
+                    let published = self.publish(&jobs, &index, written).await;
+                    for (&i, outcome) in index.iter().zip(published) {
+                        outcomes[i] = Some(outcome);
                     }
                 }
                 Err(e) => {
@@ -265,40 +266,68 @@ impl Writer {
         }
     }
 
-    /// Publishes a stored message and returns the sender's ack.
-    async fn publish(&self, job: &ChatJob, written: Written) -> Result<ChatAck, ServiceError> {
-        let m = match written {
-            Written::Stored(m) | Written::Duplicate(m) => m,
-            Written::TxnidReused => {
-                return Err(ServiceError::Conflict(
-                    "txnid was already used for another message".into(),
-                ));
-            }
-            Written::Gone => return Err(ServiceError::NotFound("no such group".into())),
-        };
-        let frame: Arc<str> = protocol::chat_frame(&m, &job.sender_name).into();
-        let origin = Origin {
-            node: self.node.clone(),
-            conn: job.origin,
-        };
-        let channels: &[Channel] = &match (m.toid, m.groupid) {
-            (_, Some(g)) => vec![Channel::Group(g)],
-            (Some(to), None) if to != m.sender => vec![Channel::User(to), Channel::User(m.sender)],
-            _ => vec![Channel::User(m.sender)],
-        };
-        for &channel in channels {
-            let event = BusEvent::Push {
-                frame: frame.clone(),
-                skip: Some(origin.clone()),
+    /// Publishes the stored messages of a batch, pipelined and in seq order, and returns each
+    /// sender's ack (503 when its message is stored but could not be published).
+    async fn publish(
+        &self,
+        jobs: &[ChatJob],
+        index: &[usize],
+        written: Vec<Written>,
+    ) -> Vec<Result<ChatAck, ServiceError>> {
+        let mut outcomes = Vec::with_capacity(written.len());
+        let mut events = Vec::new();
+        // For each outcome, the range of `events` its publishing needs.
+        let mut spans = Vec::with_capacity(written.len());
+        for (&i, w) in index.iter().zip(written) {
+            let job = &jobs[i];
+            let m = match w {
+                Written::Stored(m) | Written::Duplicate(m) => m,
+                Written::TxnidReused => {
+                    outcomes.push(Err(ServiceError::Conflict(
+                        "txnid was already used for another message".into(),
+                    )));
+                    spans.push(0..0);
+                    continue;
+                }
+                Written::Gone => {
+                    outcomes.push(Err(ServiceError::NotFound("no such group".into())));
+                    spans.push(0..0);
+                    continue;
+                }
             };
-            if let Err(e) = self.bus.publish(channel, event).await {
-                tracing::warn!(message_id = m.id, "publish failed: {e}");
-                return Err(ServiceError::Unavailable(
+            let frame: Arc<str> = protocol::chat_frame(&m, &job.sender_name).into();
+            let origin = Origin {
+                node: self.node.clone(),
+                conn: job.origin,
+            };
+            let start = events.len();
+            let channels = match (m.toid, m.groupid) {
+                (_, Some(g)) => vec![Channel::Group(g)],
+                (Some(to), None) if to != m.sender => {
+                    vec![Channel::User(to), Channel::User(m.sender)]
+                }
+                _ => vec![Channel::User(m.sender)],
+            };
+            for channel in channels {
+                let event = BusEvent::Push {
+                    frame: frame.clone(),
+                    skip: Some(origin.clone()),
+                };
+                events.push((channel, event));
+            }
+            spans.push(start..events.len());
+            outcomes.push(Ok(ack_of(&m)));
+        }
+        let results = self.bus.publish_all(events).await;
+        for (outcome, span) in outcomes.iter_mut().zip(spans) {
+            if let Some(Err(e)) = results[span].iter().find(|r| r.is_err()) {
+                tracing::warn!("publish failed: {e}");
+                *outcome = Err(ServiceError::Unavailable(
                     "the message was stored but could not be delivered".into(),
                 ));
             }
         }
-        Ok(ack_of(&m))
+        outcomes
     }
 }
 

@@ -217,6 +217,15 @@ impl Hub {
             .collect()
     }
 
+    /// Whether this replica needs `channel` now (some local connection is reached by it).
+    pub fn needs(&self, channel: Channel) -> bool {
+        let inner = self.lock();
+        match channel {
+            Channel::User(u) => inner.users.contains_key(&u),
+            Channel::Group(g) => inner.groups.contains_key(&g),
+        }
+    }
+
     /// Users with a connection here.
     pub fn local_users(&self) -> Vec<i64> {
         self.lock().users.keys().copied().collect()

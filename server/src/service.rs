@@ -144,7 +144,7 @@ pub async fn end_session(state: &AppState, session: &mut Session) {
         return;
     };
     let change = state.hub.detach(user.id, session.conn);
-    if let Err(e) = state.bus.unsubscribe(&change.channels).await {
+    if let Err(e) = state.bus.sync(&change.channels).await {
         tracing::warn!(user = user.id, "unsubscribe at logout: {e}");
     }
     state
@@ -185,7 +185,7 @@ async fn login(
     let change = state.hub.attach(me.id, handle.clone(), &group_ids);
     session.user = Some(me.clone());
     metrics::gauge!("chat_logged_in_sessions").increment(1.0);
-    if let Err(e) = state.bus.subscribe(&change.channels).await {
+    if let Err(e) = state.bus.sync(&change.channels).await {
         end_session(state, session).await;
         return Err(ServiceError::Unavailable(e.to_string()));
     }

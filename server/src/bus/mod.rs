@@ -1,0 +1,282 @@
+//! The bus: how an event published on one replica reaches the connections of every replica.
+//! One channel per user (their devices, and control events about them) and one per group (its
+//! members). Each replica subscribes to the channels of its own live users and their groups,
+//! once however many local connections need them (see `docs/architecture.md`).
+//!
+//! Single node: the in-process bus hands events straight to the local [`Hub`]. Cluster: Redis
+//! pub/sub through `fred` ([`redis`]), sharded pub/sub on a Redis Cluster.
+
+pub mod redis;
+
+use std::sync::Arc;
+
+use crate::hub::{ConnId, Hub};
+
+/// Where an event is addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// Every connection of one user.
+    User(i64),
+    /// Every connection of every member of one group.
+    Group(i64),
+}
+
+impl Channel {
+    /// The channel's name on Redis.
+    pub fn name(&self) -> String {
+        match self {
+            Channel::User(u) => format!("chat:u:{u}"),
+            Channel::Group(g) => format!("chat:g:{g}"),
+        }
+    }
+
+    /// The channel a Redis channel name stands for.
+    pub fn parse(name: &str) -> Option<Channel> {
+        if let Some(u) = name.strip_prefix("chat:u:") {
+            return u.parse().ok().map(Channel::User);
+        }
+        name.strip_prefix("chat:g:")?
+            .parse()
+            .ok()
+            .map(Channel::Group)
+    }
+}
+
+/// The connection a push must not be delivered to: the one whose request caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Replica of the connection.
+    pub node: Arc<str>,
+    /// The connection.
+    pub conn: ConnId,
+}
+
+/// What travels on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A serialized push for the channel's connections, except the origin.
+    Push {
+        /// The frame, serialized once for every recipient.
+        frame: Arc<str>,
+        /// Connection to skip.
+        skip: Option<Origin>,
+    },
+    /// On a user channel: the user joined a group (replicas start routing it to them).
+    Joined {
+        /// The group.
+        group: i64,
+    },
+    /// On a user channel: the user left a group.
+    Left {
+        /// The group.
+        group: i64,
+    },
+}
+
+impl BusEvent {
+    /// The wire form on Redis: `P\n<node>\n<conn>\n<frame>`, `J\n<group>` or `L\n<group>`.
+    pub fn encode(&self) -> String {
+        match self {
+            BusEvent::Push { frame, skip } => {
+                let (node, conn) = skip.as_ref().map_or(("", 0), |o| (&*o.node, o.conn));
+                let mut s = String::with_capacity(frame.len() + node.len() + 24);
+                s.push_str("P\n");
+                s.push_str(node);
+                s.push('\n');
+                s.push_str(&conn.to_string());
+                s.push('\n');
+                s.push_str(frame);
+                s
+            }
+            BusEvent::Joined { group } => format!("J\n{group}"),
+            BusEvent::Left { group } => format!("L\n{group}"),
+        }
+    }
+
+    /// Reads the wire form back.
+    pub fn decode(text: &str) -> Option<BusEvent> {
+        let mut parts = text.splitn(4, '\n');
+        match parts.next()? {
+            "P" => {
+                let node = parts.next()?;
+                let conn: ConnId = parts.next()?.parse().ok()?;
+                let frame = parts.next()?;
+                Some(BusEvent::Push {
+                    frame: frame.into(),
+                    skip: (!node.is_empty()).then(|| Origin {
+                        node: node.into(),
+                        conn,
+                    }),
+                })
+            }
+            "J" => Some(BusEvent::Joined {
+                group: parts.next()?.parse().ok()?,
+            }),
+            "L" => Some(BusEvent::Left {
+                group: parts.next()?.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Why a publish or subscription failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The bus cannot be reached.
+    #[error("the message bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The bus of this replica, cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    /// This replica's connections.
+    hub: Arc<Hub>,
+    /// This replica's name, to recognise its own origins.
+    node: Arc<str>,
+    /// Redis, in a cluster; `None` on a single node.
+    redis: Option<Arc<redis::RedisBus>>,
+}
+
+impl Bus {
+    /// The in-process bus of a single node.
+    pub fn local(hub: Arc<Hub>, node: Arc<str>) -> Self {
+        Bus {
+            hub,
+            node,
+            redis: None,
+        }
+    }
+
+    /// The Redis bus of a cluster replica: connects and starts receiving.
+    pub async fn redis(url: &str, hub: Arc<Hub>, node: Arc<str>) -> anyhow::Result<Self> {
+        let connection = redis::RedisBus::connect(url, hub.clone()).await?;
+        let bus = Bus {
+            hub,
+            node,
+            redis: Some(connection.clone()),
+        };
+        connection.start(bus.clone());
+        Ok(bus)
+    }
+
+    /// The Redis connection, in a cluster.
+    pub fn redis_connection(&self) -> Option<&Arc<redis::RedisBus>> {
+        self.redis.as_ref()
+    }
+
+    /// Publishes `event` on `channel`; when this returns `Ok`, Redis has accepted it for every
+    /// replica (or, on a single node, the local connections have it queued).
+    pub async fn publish(&self, channel: Channel, event: BusEvent) -> Result<(), BusError> {
+        match &self.redis {
+            None => {
+                self.apply(channel, event);
+                Ok(())
+            }
+            Some(r) => r.publish(channel, &event).await,
+        }
+    }
+
+    /// Publishes several events, pipelined, in order; one result per event.
+    pub async fn publish_all(&self, events: Vec<(Channel, BusEvent)>) -> Vec<Result<(), BusError>> {
+        match &self.redis {
+            None => events
+                .into_iter()
+                .map(|(channel, event)| {
+                    self.apply(channel, event);
+                    Ok(())
+                })
+                .collect(),
+            Some(r) => {
+                futures_util::future::join_all(
+                    events
+                        .iter()
+                        .map(|(channel, event)| r.publish(*channel, event)),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Brings this replica's subscriptions to `channels` in line with what the hub needs now,
+    /// and waits until Redis confirms.
+    pub async fn sync(&self, channels: &[Channel]) -> Result<(), BusError> {
+        match &self.redis {
+            Some(r) if !channels.is_empty() => r.sync(channels.to_vec()).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands an event that arrived on `channel` to the local connections.
+    pub(crate) fn apply(&self, channel: Channel, event: BusEvent) {
+        match (event, channel) {
+            (BusEvent::Push { frame, skip }, _) => {
+                let skip = skip.filter(|o| o.node == self.node).map(|o| o.conn);
+                self.hub.deliver(channel, &frame, skip);
+            }
+            (BusEvent::Joined { group }, Channel::User(user)) => {
+                if let Some(ch) = self.hub.joined(user, group) {
+                    self.sync_later(ch);
+                }
+            }
+            (BusEvent::Left { group }, Channel::User(user)) => {
+                if let Some(ch) = self.hub.left(user, group) {
+                    self.sync_later(ch);
+                }
+            }
+            (event, channel) => tracing::warn!("ignored {event:?} on {channel:?}"),
+        }
+    }
+
+    fn sync_later(&self, channel: Channel) {
+        if let Some(r) = &self.redis {
+            r.sync_later(vec![channel]);
+        }
+    }
+
+    /// Closes the Redis connections (at shutdown).
+    pub async fn close(&self) {
+        if let Some(r) = &self.redis {
+            r.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_round_trip() {
+        for ch in [Channel::User(7), Channel::Group(9_007_199_254_740_991)] {
+            assert_eq!(Channel::parse(&ch.name()), Some(ch));
+        }
+        assert_eq!(Channel::parse("chat:x:1"), None);
+        assert_eq!(Channel::parse("chat:u:abc"), None);
+    }
+
+    #[test]
+    fn events_round_trip_through_their_wire_form() {
+        let events = [
+            BusEvent::Push {
+                frame: r#"{"msgid":6,"msg":"a\nb"}"#.into(),
+                skip: Some(Origin {
+                    node: "host:8001".into(),
+                    conn: 42,
+                }),
+            },
+            BusEvent::Push {
+                frame: "{}".into(),
+                skip: None,
+            },
+            BusEvent::Joined { group: 5 },
+            BusEvent::Left { group: 6 },
+        ];
+        for e in events {
+            assert_eq!(BusEvent::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(BusEvent::decode("X\n1"), None);
+        assert_eq!(BusEvent::decode("P\nn\nnotanumber\n{}"), None);
+    }
+}
