@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_create_original_tables;
 mod m20261121_000002_create_history_tables;
+mod m20261121_000003_create_session_token;
 mod names;
 
 /// Runs every migration in order.
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_create_original_tables::Migration),
             Box::new(m20261121_000002_create_history_tables::Migration),
+            Box::new(m20261121_000003_create_session_token::Migration),
         ]
     }
 }

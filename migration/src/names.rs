@@ -73,3 +73,12 @@ pub enum ReadCursor {
     Conv,
     Seq,
 }
+
+/// `session_token`: resume tokens by hash.
+#[derive(DeriveIden)]
+pub enum SessionToken {
+    Table,
+    TokenHash,
+    Userid,
+    ExpiresAt,
+}

@@ -16,6 +16,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::hub::{ConnId, Hub};
+use crate::limits::{LoginThrottle, UserBuckets};
 use crate::presence::Presence;
 use crate::store::Store;
 use crate::{http, telemetry};
@@ -44,6 +45,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections.
     pub connections: ConnectionCount,
+    /// Request rate of each user on this replica.
+    pub user_rate: UserBuckets,
+    /// Failed logins per account, attempts per address.
+    pub login_throttle: LoginThrottle,
     /// Source of connection ids.
     next_conn: AtomicU64,
 }
@@ -153,6 +158,11 @@ impl Application {
         let (delivery, writer) =
             Delivery::start(store.clone(), bus.clone(), node.clone(), config.write_batch);
         let (tx, rx) = watch::channel(false);
+        let user_rate = UserBuckets::new(config.rate_per_user);
+        let login_throttle = LoginThrottle::new(
+            config.login_failures_per_account,
+            config.login_attempts_per_address,
+        );
         let state = AppState(Arc::new(Shared {
             config,
             node,
@@ -163,6 +173,8 @@ impl Application {
             delivery,
             shutdown: rx,
             connections: ConnectionCount::default(),
+            user_rate,
+            login_throttle,
             next_conn: AtomicU64::new(1),
         }));
         Ok(Application {
@@ -206,11 +218,14 @@ impl Application {
         tracing::info!(node = %state.node, addr = %listener.local_addr()?, "clusterchat listening");
         let router = http::router(state.clone());
         let mut stop = state.shutdown.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await?;
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
         // Sockets close themselves with 1001 on the same signal; give them a moment.
         if tokio::time::timeout(Duration::from_secs(5), state.connections.wait_idle())
             .await

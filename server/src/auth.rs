@@ -45,6 +45,17 @@ pub async fn verify_password(
     .map_err(|e| ServiceError::internal("verification task", &e))
 }
 
+/// A new resume token: 256 random bits, hex.
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// What the database stores of a token: its SHA-256, hex.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 fn dummy_hash() -> Arc<str> {
     static DUMMY: OnceLock<Arc<str>> = OnceLock::new();
     DUMMY

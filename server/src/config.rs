@@ -60,6 +60,49 @@ pub struct Config {
     /// Maximum database connections in the pool.
     #[arg(long, env = "CHAT_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+
+    /// Requests per second one connection may make (token bucket holding ten seconds' worth).
+    /// Over it: errno 429. 0 disables the limit.
+    #[arg(long, env = "CHAT_RATE_PER_CONNECTION", default_value_t = 1000)]
+    pub rate_per_connection: u32,
+
+    /// Requests per second one user may make over all their connections on this replica
+    /// (token bucket holding ten seconds' worth). Over it: errno 429. 0 disables the limit.
+    #[arg(long, env = "CHAT_RATE_PER_USER", default_value_t = 2000)]
+    pub rate_per_user: u32,
+
+    /// Consecutive rate-limited requests after which the connection is closed (1008).
+    #[arg(long, env = "CHAT_ABUSE_CLOSE_AFTER", default_value_t = 200)]
+    pub abuse_close_after: u32,
+
+    /// Failed logins per account name or id per minute before further attempts get 429.
+    #[arg(long, env = "CHAT_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 10)]
+    pub login_failures_per_account: u32,
+
+    /// Login attempts per client address per minute before further attempts get 429.
+    #[arg(long, env = "CHAT_LOGIN_ATTEMPTS_PER_ADDRESS", default_value_t = 300)]
+    pub login_attempts_per_address: u32,
+
+    /// Open WebSocket connections this replica accepts; more are refused with HTTP 503.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Logged-in connections one user may have on this replica; one more login gets 429.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: usize,
+
+    /// Seconds without any frame from a client (pongs count) before it is disconnected; the
+    /// server pings at a third of it. 0 disables.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Seconds a request may take (database, Redis) before it is answered 503.
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value_t = 5)]
+    pub request_timeout: u64,
+
+    /// Lifetime of a resume token (LOGIN_MSG with `token`), in seconds.
+    #[arg(long, env = "CHAT_RESUME_TOKEN_TTL", default_value_t = 7 * 24 * 3600)]
+    pub resume_token_ttl: u64,
 }
 
 impl Config {

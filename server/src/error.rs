@@ -74,6 +74,9 @@ pub enum ServiceError {
     /// errno 409: conflicting state.
     #[error("{0}")]
     Conflict(String),
+    /// errno 429: a rate or count limit was hit.
+    #[error("{0}")]
+    RateLimited(String),
     /// errno 413: the frame is too large.
     #[error("message is larger than {0} bytes")]
     TooLarge(usize),
@@ -97,6 +100,7 @@ impl ServiceError {
             ServiceError::NotFound(_) => 404,
             ServiceError::Conflict(_) => 409,
             ServiceError::TooLarge(_) => 413,
+            ServiceError::RateLimited(_) => 429,
             ServiceError::Internal(_) => 500,
             ServiceError::Unavailable(_) => 503,
         }
@@ -140,6 +144,7 @@ mod tests {
         assert_eq!(ServiceError::NotFound("x".into()).errno(), 404);
         assert_eq!(ServiceError::Conflict("x".into()).errno(), 409);
         assert_eq!(ServiceError::TooLarge(1).errno(), 413);
+        assert_eq!(ServiceError::RateLimited("x".into()).errno(), 429);
         assert_eq!(ServiceError::Internal("x".into()).errno(), 500);
         assert_eq!(ServiceError::Unavailable("x".into()).errno(), 503);
     }

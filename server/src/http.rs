@@ -1,16 +1,19 @@
 //! The HTTP surface: `GET /ws` (WebSocket upgrade), `GET /healthz`, `GET /metrics`, and the
 //! web page at `/`.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::services::ServeDir;
 
 use crate::app::AppState;
-use crate::{telemetry, ws};
+use crate::{limits, telemetry, ws};
 
 /// Hard limit on one WebSocket message; past it the connection closes with 1009.
 pub const HARD_MESSAGE_LIMIT: usize = 1 << 20;
@@ -28,11 +31,38 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.connections.open() >= state.config.max_connections {
+        limits::hit("connections");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is full; try another\n",
+        )
+            .into_response();
+    }
+    let client = client_ip(peer, &headers);
     ws.read_buffer_size(READ_BUFFER)
         .max_message_size(HARD_MESSAGE_LIMIT)
         .max_frame_size(HARD_MESSAGE_LIMIT)
-        .on_upgrade(move |socket| ws::serve(socket, state))
+        .on_upgrade(move |socket| ws::serve(socket, state, Some(client)))
+}
+
+/// The client's address: the peer's, or, behind a proxy on this machine (nginx), the last
+/// address it appended to `X-Forwarded-For`.
+fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if peer.ip().is_loopback()
+        && let Some(forwarded) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        && let Some(last) = forwarded.rsplit(',').next()
+        && let Ok(ip) = last.trim().parse()
+    {
+        return ip;
+    }
+    peer.ip()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
@@ -48,4 +78,23 @@ async fn metrics() -> Response {
         telemetry::render_metrics(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_are_trusted_only_from_a_local_proxy() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.2.3.4, 10.0.0.7".parse().unwrap());
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert_eq!(
+            client_ip(local, &headers),
+            "10.0.0.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(remote, &headers), remote.ip());
+        assert_eq!(client_ip(local, &HeaderMap::new()), local.ip());
+    }
 }

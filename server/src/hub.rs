@@ -201,6 +201,11 @@ impl Hub {
         }
     }
 
+    /// How many logged-in connections `user` has on this replica.
+    pub fn connection_count(&self, user: i64) -> usize {
+        self.lock().users.get(&user).map_or(0, |u| u.conns.len())
+    }
+
     /// Whether `user` has a connection on this replica.
     pub fn is_connected(&self, user: i64) -> bool {
         self.lock().users.contains_key(&user)

@@ -13,7 +13,8 @@
 //! - [`hub`]: this replica's live connections by user and group; local delivery.
 //! - [`bus`]: channels between replicas (in-process for a single node).
 //! - [`presence`]: who is online; PRESENCE_MSG announcements.
-//! - [`auth`]: argon2 password hashing.
+//! - [`auth`]: argon2 password hashing, resume tokens.
+//! - [`limits`]: request rates and login throttling.
 //! - [`error`]: typed errors and their errno.
 //! - [`telemetry`]: logging and Prometheus metrics.
 
@@ -25,6 +26,7 @@ pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod presence;
 pub mod protocol;
 pub mod service;

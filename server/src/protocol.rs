@@ -127,15 +127,24 @@ pub enum HistoryPage {
     After(i64),
 }
 
+/// What proves who a LOGIN_MSG is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The account's password (never logged).
+    Password(String),
+    /// A resume token from an earlier login reply (never logged).
+    Token(String),
+}
+
 /// A validated client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// LOGIN_MSG.
     Login {
-        /// Account named by id or name.
-        who: LoginId,
-        /// Clear-text password (never logged).
-        password: String,
+        /// Account named by id or name (not needed with a token).
+        who: Option<LoginId>,
+        /// Password or resume token.
+        secret: Secret,
     },
     /// LOGINOUT_MSG.
     Logout,
@@ -236,6 +245,7 @@ struct Fields {
     id: Option<Value>,
     name: Option<Value>,
     password: Option<Value>,
+    token: Option<Value>,
     toid: Option<Value>,
     msg: Option<Value>,
     txnid: Option<Value>,
@@ -292,6 +302,79 @@ pub fn sniff_reqid(text: &str) -> Option<i64> {
         .ok()
         .and_then(|f| f.reqid)
         .and_then(|v| safe_int(&v))
+}
+
+/// A text frame read as a request, or the one reply that refuses it.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A valid request.
+    Request {
+        /// Its msgid.
+        msgid: i64,
+        /// Its reqid.
+        reqid: Option<i64>,
+        /// The request.
+        request: Request,
+    },
+    /// Refused: answered by one reply and nothing else.
+    Refused {
+        /// The request's msgid (the reply is 2, 5 or ACK), or `None` for ERROR_MSG.
+        msgid: Option<i64>,
+        /// The reqid to echo.
+        reqid: Option<i64>,
+        /// Why.
+        error: ServiceError,
+    },
+}
+
+/// Reads one client text frame: every frame yields exactly one outcome. Checks, in order: the
+/// size, JSON object with an integer msgid (else ERROR_MSG 400), a client request msgid (else
+/// ACK 400), logged in (else 401, before any field is looked at), then the fields.
+pub fn read_request(text: &str, max_frame: usize, logged_in: bool) -> Incoming {
+    if text.len() > max_frame {
+        return Incoming::Refused {
+            msgid: None,
+            reqid: sniff_reqid(text),
+            error: ServiceError::TooLarge(max_frame),
+        };
+    }
+    let envelope = match decode(text) {
+        Ok(env) => env,
+        Err(m) => {
+            return Incoming::Refused {
+                msgid: None,
+                reqid: m.reqid,
+                error: ServiceError::BadRequest(m.reason),
+            };
+        }
+    };
+    let msgid = envelope.msgid;
+    let refuse = |reqid, error| Incoming::Refused {
+        msgid: Some(msgid),
+        reqid,
+        error,
+    };
+    let reqid = envelope.reqid.clone();
+    let echo = reqid.clone().ok().flatten();
+    if !is_client_request(msgid) {
+        let why = format!("msgid {msgid} is not a request a client can send");
+        return refuse(echo, ServiceError::BadRequest(why));
+    }
+    if !logged_in && !allowed_anonymous(msgid) {
+        return refuse(echo, ServiceError::NotLoggedIn);
+    }
+    let reqid = match reqid {
+        Ok(r) => r,
+        Err(reason) => return refuse(None, ServiceError::BadRequest(reason)),
+    };
+    match envelope.into_request() {
+        Ok(request) => Incoming::Request {
+            msgid,
+            reqid,
+            request,
+        },
+        Err(error) => refuse(reqid, error),
+    }
 }
 
 /// Whether `msgid` is something a client may send.
@@ -411,17 +494,30 @@ impl Envelope {
         Ok(match self.msgid {
             msgid::LOGIN => {
                 let who = match int_field(&f.id, "id")? {
-                    Some(id) => LoginId::Id(id),
+                    Some(id) => Some(LoginId::Id(id)),
                     None => match str_field(&mut f.name, "name")? {
-                        Some(name) => LoginId::Name(name),
-                        None => return Err(bad("id or name is missing")),
+                        Some(name) => {
+                            validate_name(&name, "name")?;
+                            Some(LoginId::Name(name))
+                        }
+                        None => None,
                     },
                 };
-                let password = required_str(&mut f.password, "password")?;
-                if password.chars().count() > MAX_PASSWORD_CHARS {
-                    return Err(bad("password is too long"));
-                }
-                Request::Login { who, password }
+                let secret = match str_field(&mut f.token, "token")? {
+                    Some(token) if token.is_empty() || token.len() > 128 => {
+                        return Err(bad("token must be 1 to 128 characters"));
+                    }
+                    Some(token) => Secret::Token(token),
+                    None => {
+                        if who.is_none() {
+                            return Err(bad("id or name is missing"));
+                        }
+                        let password = required_str(&mut f.password, "password")?;
+                        validate_password(&password)?;
+                        Secret::Password(password)
+                    }
+                };
+                Request::Login { who, secret }
             }
             msgid::LOGOUT => Request::Logout,
             msgid::REG => {
@@ -666,20 +762,30 @@ mod tests {
         assert_eq!(
             req(r#"{"msgid":1,"id":3,"password":"p"}"#).unwrap(),
             Request::Login {
-                who: LoginId::Id(3),
-                password: "p".into()
+                who: Some(LoginId::Id(3)),
+                secret: Secret::Password("p".into())
             }
         );
         assert_eq!(
             req(r#"{"msgid":1,"name":"ann","password":"p"}"#).unwrap(),
             Request::Login {
-                who: LoginId::Name("ann".into()),
-                password: "p".into()
+                who: Some(LoginId::Name("ann".into())),
+                secret: Secret::Password("p".into())
+            }
+        );
+        assert_eq!(
+            req(r#"{"msgid":1,"token":"abc"}"#).unwrap(),
+            Request::Login {
+                who: None,
+                secret: Secret::Token("abc".into())
             }
         );
         assert!(errmsg(r#"{"msgid":1,"password":"p"}"#).contains("missing"));
         assert!(errmsg(r#"{"msgid":1,"id":"3","password":"p"}"#).contains("integer"));
         assert!(errmsg(r#"{"msgid":1,"id":3}"#).contains("password"));
+        assert!(errmsg(r#"{"msgid":1,"id":3,"password":""}"#).contains("empty"));
+        assert!(errmsg(r#"{"msgid":1,"name":"","password":"p"}"#).contains("empty"));
+        assert!(errmsg(r#"{"msgid":1,"token":""}"#).contains("token"));
     }
 
     #[test]
@@ -775,6 +881,104 @@ mod tests {
                 txnid: None
             }
         );
+    }
+
+    fn refused(text: &str, logged_in: bool) -> (Option<i64>, Option<i64>, i64) {
+        match read_request(text, 65_536, logged_in) {
+            Incoming::Refused {
+                msgid,
+                reqid,
+                error,
+            } => (msgid, reqid, error.errno()),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_frame_has_one_outcome_in_the_design_order() {
+        assert_eq!(refused("nope", false), (None, None, 400));
+        assert_eq!(
+            refused(r#"{"msgid":14,"reqid":"abc"}"#, false),
+            (Some(14), None, 401)
+        );
+        assert_eq!(
+            refused(r#"{"msgid":14,"reqid":"abc"}"#, true),
+            (Some(14), None, 400)
+        );
+        assert_eq!(
+            refused(r#"{"msgid":6,"reqid":4}"#, false),
+            (Some(6), Some(4), 401)
+        );
+        assert_eq!(
+            refused(r#"{"msgid":6,"reqid":4}"#, true),
+            (Some(6), Some(4), 400)
+        );
+        assert_eq!(
+            refused(r#"{"msgid":2,"reqid":5}"#, false),
+            (Some(2), Some(5), 400)
+        );
+        let big = format!(r#"{{"msgid":6,"reqid":9,"msg":"{}"}}"#, "x".repeat(70_000));
+        assert_eq!(refused(&big, true), (None, Some(9), 413));
+        assert!(matches!(
+            read_request(r#"{"msgid":14,"reqid":1}"#, 65_536, true),
+            Incoming::Request {
+                msgid: 14,
+                reqid: Some(1),
+                request: Request::FriendList
+            }
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_and_has_one_outcome(text in ".{0,300}", logged_in: bool) {
+            let _ = read_request(&text, 65_536, logged_in);
+        }
+
+        #[test]
+        fn arbitrary_json_objects_never_panic(
+            msgid in -2i64..25,
+            reqid in proptest::option::of(proptest::num::i64::ANY),
+            fields in proptest::collection::vec(
+                (proptest::sample::select(vec!["id", "name", "password", "token", "toid", "msg",
+                    "txnid", "friendid", "groupname", "groupdesc", "groupid", "before_seq",
+                    "after_seq", "limit", "seq"]), json_value()),
+                0..6),
+            logged_in: bool,
+        ) {
+            let mut object = serde_json::Map::new();
+            object.insert("msgid".into(), msgid.into());
+            if let Some(r) = reqid {
+                object.insert("reqid".into(), r.into());
+            }
+            for (k, v) in fields {
+                object.insert(k.into(), v);
+            }
+            let text = Value::Object(object).to_string();
+            match read_request(&text, 65_536, logged_in) {
+                Incoming::Request { msgid: m, .. } => {
+                    proptest::prop_assert!(is_client_request(m));
+                    proptest::prop_assert!(logged_in || allowed_anonymous(m));
+                }
+                Incoming::Refused { error, .. } => {
+                    proptest::prop_assert!([400, 401, 413].contains(&error.errno()));
+                }
+            }
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,80}".prop_map(Value::from),
+            Just(json!([1, "a"])),
+            Just(json!({"nested": true})),
+        ]
     }
 
     #[test]

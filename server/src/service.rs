@@ -2,6 +2,7 @@
 //! live here and nowhere else; the sender of every request is the session's user.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -13,7 +14,8 @@ use crate::bus::{BusEvent, Channel};
 use crate::delivery::{ChatAck, ChatJob};
 use crate::error::{ServiceError, StoreError};
 use crate::hub::{ConnHandle, ConnId};
-use crate::protocol::{ChatView, HistoryPage, LoginId, Request, Target, format_time};
+use crate::limits::{self, LoginVerdict};
+use crate::protocol::{ChatView, HistoryPage, LoginId, Request, Secret, Target, format_time};
 use crate::store::accounts::UserRow;
 use crate::store::groups::{GroupInfo, JoinOutcome, QuitOutcome};
 
@@ -31,8 +33,12 @@ pub struct SessionUser {
 pub struct Session {
     /// This connection.
     pub conn: ConnId,
+    /// The client's address (for login throttling), when known.
+    pub peer: Option<IpAddr>,
     /// Set by LOGIN_MSG, cleared by LOGINOUT_MSG or disconnect.
     pub user: Option<SessionUser>,
+    /// SHA-256 of this session's resume token (revoked by LOGINOUT_MSG).
+    pub token_hash: Option<String>,
 }
 
 /// The payload fields of a successful reply (merged after msgid, reqid, errno, errmsg).
@@ -40,8 +46,13 @@ pub type Payload = Map<String, Value>;
 
 impl Session {
     /// A new anonymous session for connection `conn`.
-    pub fn new(conn: ConnId) -> Self {
-        Session { conn, user: None }
+    pub fn new(conn: ConnId, peer: Option<IpAddr>) -> Self {
+        Session {
+            conn,
+            peer,
+            user: None,
+            token_hash: None,
+        }
     }
 
     fn user(&self) -> Result<&SessionUser, ServiceError> {
@@ -58,10 +69,13 @@ pub async fn handle(
     request: Request,
 ) -> Result<Payload, ServiceError> {
     match request {
-        Request::Login { who, password } => login(state, session, handle, who, password).await,
+        Request::Login { who, secret } => login(state, session, handle, who, secret).await,
         Request::Register { name, password } => register(state, name, password).await,
         Request::Logout => {
             session.user()?;
+            if let Some(hash) = session.token_hash.take() {
+                state.store.delete_token(&hash).await?;
+            }
             end_session(state, session).await;
             Ok(Payload::new())
         }
@@ -157,24 +171,76 @@ async fn login(
     state: &AppState,
     session: &mut Session,
     handle: &ConnHandle,
-    who: LoginId,
-    password: String,
+    who: Option<LoginId>,
+    secret: Secret,
 ) -> Result<Payload, ServiceError> {
     if session.user.is_some() {
         return Err(ServiceError::Conflict(
             "this connection is already logged in".into(),
         ));
     }
-    let account = match who {
-        LoginId::Id(id) => state.store.user_by_id(id).await?,
-        LoginId::Name(name) => state.store.user_by_name(&name).await?,
+    let (account, token) = match secret {
+        Secret::Password(password) => {
+            let account = match &who {
+                Some(LoginId::Id(id)) => state.store.user_by_id(*id).await?,
+                Some(LoginId::Name(name)) => state.store.user_by_name(name).await?,
+                None => None,
+            };
+            // Throttle by account (its id when it exists, else the name tried) and address.
+            let key = match (&account, &who) {
+                (Some(a), _) => format!("#{}", a.id),
+                (None, Some(LoginId::Id(id))) => format!("#{id}"),
+                (None, Some(LoginId::Name(name))) => name.clone(),
+                (None, None) => String::new(),
+            };
+            match state.login_throttle.check(&key, session.peer) {
+                LoginVerdict::Allow => {}
+                LoginVerdict::SlowDown(pause) => tokio::time::sleep(pause).await,
+                LoginVerdict::Refuse => {
+                    return Err(ServiceError::RateLimited(
+                        "too many login attempts; wait a minute and try again".into(),
+                    ));
+                }
+            }
+            let stored = account.as_ref().map(|a| a.password.clone());
+            let ok = auth::verify_password(stored, password).await?;
+            state.login_throttle.record(&key, ok);
+            match account {
+                Some(account) if ok => (account, None),
+                _ => return Err(ServiceError::WrongCredentials),
+            }
+        }
+        Secret::Token(token) => {
+            if state.login_throttle.check("", session.peer) == LoginVerdict::Refuse {
+                return Err(ServiceError::RateLimited(
+                    "too many login attempts; wait a minute and try again".into(),
+                ));
+            }
+            let hash = auth::token_hash(&token);
+            match state.store.token_user(&hash).await? {
+                Some(account) => (account, Some((token, hash))),
+                None => return Err(ServiceError::WrongCredentials),
+            }
+        }
     };
-    let stored = account.as_ref().map(|a| a.password.clone());
-    if !auth::verify_password(stored, password).await? {
-        return Err(ServiceError::WrongCredentials);
+    if state.hub.connection_count(account.id) >= state.config.max_connections_per_user {
+        limits::hit("user_connections");
+        return Err(ServiceError::RateLimited(format!(
+            "this user already has {} connections here",
+            state.config.max_connections_per_user
+        )));
     }
-    let Some(account) = account else {
-        return Err(ServiceError::WrongCredentials);
+    let (token, token_hash) = match token {
+        Some(existing) => existing,
+        None => {
+            let token = auth::new_token();
+            let hash = auth::token_hash(&token);
+            let ttl_ms = i64::try_from(state.config.resume_token_ttl.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+            let expires = chrono::Utc::now().timestamp_millis().saturating_add(ttl_ms);
+            state.store.create_token(account.id, &hash, expires).await?;
+            (token, hash)
+        }
     };
     let me = SessionUser {
         id: account.id,
@@ -184,6 +250,7 @@ async fn login(
     let group_ids = state.store.group_ids_of(me.id).await?;
     let change = state.hub.attach(me.id, handle.clone(), &group_ids);
     session.user = Some(me.clone());
+    session.token_hash = Some(token_hash);
     metrics::gauge!("chat_logged_in_sessions").increment(1.0);
     if let Err(e) = state.bus.sync(&change.channels).await {
         end_session(state, session).await;
@@ -193,7 +260,10 @@ async fn login(
         .presence
         .connected(me.id, &me.name, change.first_or_last);
     match login_payload(state, &me, &group_ids).await {
-        Ok(p) => Ok(p),
+        Ok(mut p) => {
+            p.insert("token".into(), token.into());
+            Ok(p)
+        }
         Err(e) => {
             end_session(state, session).await;
             Err(e)

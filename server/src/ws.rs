@@ -3,23 +3,30 @@
 //!
 //! Chat sends are pipelined (many in flight, replies still in order); any other request first
 //! waits for the sends before it, so a client sees its requests take effect in order. Replies
-//! apply backpressure (the next request is read only when the socket has room); pushes that find
-//! the queue full close the connection with 1008.
+//! apply backpressure (the next request is read only when the socket has room). The connection
+//! is closed when its push queue overflows or a write stays blocked past the idle timeout (1008,
+//! a reader that does not read), when nothing arrives for the idle timeout although the server
+//! pings (1001, a dead peer), when it keeps exceeding its request rate (1008), and at shutdown
+//! (1001).
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::error::ServiceError;
 use crate::hub::ConnHandle;
-use crate::protocol::{self, Request, msgid};
+use crate::limits::{self, TokenBucket};
+use crate::protocol::{self, Incoming, Request, msgid};
 use crate::service::{self, Payload, Session};
 
 /// Chat sends one connection may have in flight.
@@ -27,25 +34,30 @@ const MAX_IN_FLIGHT: usize = 256;
 /// Messages written before a flush.
 const WRITE_BURST: usize = 64;
 
-/// Close code: going away (server shutdown).
+/// Close code: going away (shutdown, dead peer).
 const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: policy violation (too slow a reader).
+/// Close code: policy violation (not reading, abusing the rate limit).
 const CLOSE_POLICY: u16 = 1008;
 /// Close code: message too big (past 1 MiB).
 const CLOSE_TOO_BIG: u16 = 1009;
 
 type Reply = Pin<Box<dyn Future<Output = String> + Send>>;
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn serve(socket: WebSocket, state: AppState) {
+/// Serves one upgraded WebSocket from `peer` until it closes.
+pub async fn serve(socket: WebSocket, state: AppState, peer: Option<IpAddr>) {
     let counted = state.clone();
     let _live = counted.connections.enter();
     let conn = state.next_conn_id();
     let (tx, push_rx) = mpsc::channel(state.config.outbound_queue.max(1));
     let overflow = Arc::new(Notify::new());
+    let idle = Duration::from_secs(state.config.idle_timeout);
     let connection = Connection {
         handle: ConnHandle::new(conn, tx, overflow.clone()),
-        session: Session::new(conn),
+        session: Session::new(conn, peer),
+        rate: TokenBucket::per_second(state.config.rate_per_connection),
+        limited_in_a_row: 0,
+        last_heard: Instant::now(),
+        idle,
         socket,
         push_rx,
         overflow,
@@ -63,6 +75,14 @@ struct Connection {
     push_rx: mpsc::Receiver<Arc<str>>,
     overflow: Arc<Notify>,
     in_flight: FuturesOrdered<Reply>,
+    /// This connection's request rate.
+    rate: TokenBucket,
+    /// Requests refused for rate in a row (reset by an accepted one).
+    limited_in_a_row: u32,
+    /// When the client last sent anything (frames, pongs).
+    last_heard: Instant,
+    /// Idle timeout (zero: none).
+    idle: Duration,
 }
 
 /// Why the loop ends.
@@ -76,23 +96,35 @@ enum End {
 impl Connection {
     async fn run(mut self) {
         let mut shutdown = self.state.shutdown.clone();
+        let ping_every = if self.idle.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            self.idle / 3
+        };
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let end = loop {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
-                _ = self.overflow.notified() => Err(End::Close(CLOSE_POLICY, "too slow: outbound queue full")),
+                _ = self.overflow.notified() => Err(not_reading()),
+                _ = ping.tick() => self.ping().await,
                 Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => self.write_replies(reply).await,
                 Some(push) = self.push_rx.recv() => self.write_pushes(push).await,
-                incoming = self.socket.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => match incoming {
-                    None | Some(Ok(Message::Close(_))) => Err(End::Gone),
-                    Some(Ok(Message::Text(text))) => self.on_text(text).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        self.queue_ready(protocol::error_frame(None, 400, "binary frames are not supported; send JSON text"));
-                        Ok(())
+                incoming = self.socket.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                    self.last_heard = Instant::now();
+                    match incoming {
+                        None | Some(Ok(Message::Close(_))) => Err(End::Gone),
+                        Some(Ok(Message::Text(text))) => self.on_text(text).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            count_in("binary");
+                            let err = ServiceError::BadRequest("binary frames are not supported; send JSON text".into());
+                            self.queue_ready(error_text(None, &err));
+                            Ok(())
+                        }
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(e)) => Err(too_big_or_gone(&e)),
                     }
-                    Some(Ok(_)) => Ok(()),
-                    Some(Err(e)) => Err(too_big_or_gone(&e)),
-                },
+                }
             };
             if let Err(end) = step {
                 break end;
@@ -104,7 +136,7 @@ impl Connection {
                 reason: Utf8Bytes::from_static(reason),
             };
             let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
+                Duration::from_secs(1),
                 self.socket.send(Message::Close(Some(frame))),
             )
             .await;
@@ -112,59 +144,82 @@ impl Connection {
         service::end_session(&self.state, &mut self.session).await;
     }
 
+    /// Pings the client, or ends a connection silent for the idle timeout.
+    async fn ping(&mut self) -> Result<(), End> {
+        if self.idle.is_zero() {
+            return Ok(());
+        }
+        if self.last_heard.elapsed() > self.idle {
+            limits::hit("idle");
+            return Err(End::Close(CLOSE_GOING_AWAY, "idle timeout"));
+        }
+        let ping = self.socket.send(Message::Ping(Default::default()));
+        guarded(&self.overflow, self.idle, ping).await
+    }
+
     /// Reads one request; its reply is queued in order.
     async fn on_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        let text = text.as_str();
-        if text.len() > self.state.config.max_frame {
-            count_in("too_large");
-            let reqid = protocol::sniff_reqid(text);
-            let err = ServiceError::TooLarge(self.state.config.max_frame);
-            self.queue_ready(protocol::error_frame(reqid, err.errno(), &err.to_string()));
+        let user = self.session.user.as_ref().map(|u| u.id);
+        let incoming =
+            protocol::read_request(text.as_str(), self.state.config.max_frame, user.is_some());
+        if !self.within_rate(user) {
+            self.limited_in_a_row += 1;
+            if self.limited_in_a_row > self.state.config.abuse_close_after {
+                return Err(End::Close(CLOSE_POLICY, "request rate limit exceeded"));
+            }
+            let err = ServiceError::RateLimited("too many requests; slow down".into());
+            let reply = match incoming {
+                Incoming::Request { msgid, reqid, .. } => reply_text(msgid, reqid, Err(err)),
+                Incoming::Refused {
+                    msgid: Some(msgid),
+                    reqid,
+                    ..
+                } => reply_text(msgid, reqid, Err(err)),
+                Incoming::Refused {
+                    msgid: None, reqid, ..
+                } => error_text(reqid, &err),
+            };
+            self.queue_ready(reply);
             return Ok(());
         }
-        let envelope = match protocol::decode(text) {
-            Ok(env) => env,
-            Err(m) => {
-                count_in("malformed");
-                self.queue_ready(protocol::error_frame(m.reqid, 400, &m.reason));
+        self.limited_in_a_row = 0;
+        let (id, reqid, request) = match incoming {
+            Incoming::Request {
+                msgid,
+                reqid,
+                request,
+            } => (msgid, reqid, request),
+            Incoming::Refused {
+                msgid,
+                reqid,
+                error,
+            } => {
+                if let ServiceError::TooLarge(_) = error {
+                    limits::hit("frame_size");
+                }
+                count_in(msgid.map_or("malformed", msgid::label));
+                let reply = match msgid {
+                    Some(m) => reply_text(m, reqid, Err(error)),
+                    None => error_text(reqid, &error),
+                };
+                self.queue_ready(reply);
                 return Ok(());
             }
         };
-        let id = envelope.msgid;
         count_in(msgid::label(id));
-        let reqid = match &envelope.reqid {
-            Ok(r) => *r,
-            Err(reason) => {
-                let reason = reason.clone();
-                self.queue_ready(reply_text(id, None, Err(ServiceError::BadRequest(reason))));
-                return Ok(());
-            }
-        };
-        if !protocol::is_client_request(id) {
-            let err =
-                ServiceError::BadRequest(format!("msgid {id} is not a request a client can send"));
-            self.queue_ready(reply_text(id, reqid, Err(err)));
-            return Ok(());
-        }
-        if self.session.user.is_none() && !protocol::allowed_anonymous(id) {
-            self.queue_ready(reply_text(id, reqid, Err(ServiceError::NotLoggedIn)));
-            return Ok(());
-        }
-        let request = match envelope.into_request() {
-            Ok(r) => r,
-            Err(e) => {
-                self.queue_ready(reply_text(id, reqid, Err(e)));
-                return Ok(());
-            }
-        };
+        let timeout = Duration::from_secs(self.state.config.request_timeout.max(1));
         match request {
             Request::Chat { target, msg, txnid } => {
                 match service::submit_chat(&self.state, &self.session, target, msg, txnid).await {
                     Ok(rx) => self.in_flight.push_back(Box::pin(async move {
-                        let outcome = match rx.await {
-                            Ok(outcome) => outcome.map(|ack| service::chat_ack_payload(&ack)),
-                            Err(_) => Err(ServiceError::Unavailable(
+                        let outcome = match tokio::time::timeout(timeout, rx).await {
+                            Ok(Ok(outcome)) => outcome.map(|ack| service::chat_ack_payload(&ack)),
+                            Ok(Err(_)) => Err(ServiceError::Unavailable(
                                 "the message pipeline stopped".into(),
+                            )),
+                            Err(_) => Err(ServiceError::Unavailable(
+                                "the message may not be stored yet; resend it with the same txnid"
+                                    .into(),
                             )),
                         };
                         reply_text(id, reqid, outcome)
@@ -180,12 +235,32 @@ impl Connection {
                 if matches!(other, Request::Logout) {
                     self.fresh_push_queue();
                 }
-                let outcome =
-                    service::handle(&self.state, &mut self.session, &self.handle, other).await;
+                let handled = service::handle(&self.state, &mut self.session, &self.handle, other);
+                let outcome = match tokio::time::timeout(timeout, handled).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(ServiceError::Unavailable(
+                        "the server is too slow right now".into(),
+                    )),
+                };
                 self.queue_ready(reply_text(id, reqid, outcome));
             }
         }
         Ok(())
+    }
+
+    /// Takes a token from this connection's bucket and, logged in, from the user's.
+    fn within_rate(&mut self, user: Option<i64>) -> bool {
+        if !self.rate.try_take() {
+            limits::hit("rate_connection");
+            return false;
+        }
+        if let Some(user) = user
+            && !self.state.user_rate.try_take(user)
+        {
+            limits::hit("rate_user");
+            return false;
+        }
+        true
     }
 
     /// Queues an already-built reply behind the ones in flight.
@@ -203,44 +278,66 @@ impl Connection {
 
     /// Writes `first` and every other reply already finished, then flushes.
     async fn write_replies(&mut self, first: String) -> Result<(), End> {
-        self.feed(first).await?;
+        self.feed(first.into()).await?;
         for _ in 1..WRITE_BURST {
             let Some(Some(next)) = futures_util::FutureExt::now_or_never(self.in_flight.next())
             else {
                 break;
             };
-            self.feed(next).await?;
+            self.feed(next.into()).await?;
         }
-        self.socket.flush().await.map_err(|_| End::Gone)
+        guarded(&self.overflow, self.idle, self.socket.flush()).await
     }
 
     /// Writes `first` and every other push already queued, then flushes.
     async fn write_pushes(&mut self, first: Arc<str>) -> Result<(), End> {
-        self.feed_push(&first).await?;
+        self.feed((&*first).into()).await?;
         for _ in 1..WRITE_BURST {
             let Ok(next) = self.push_rx.try_recv() else {
                 break;
             };
-            self.feed_push(&next).await?;
+            self.feed((&*next).into()).await?;
         }
-        self.socket.flush().await.map_err(|_| End::Gone)
+        guarded(&self.overflow, self.idle, self.socket.flush()).await
     }
 
-    async fn feed(&mut self, text: String) -> Result<(), End> {
-        count_out(&text);
-        self.socket
-            .feed(Message::Text(text.into()))
-            .await
-            .map_err(|_| End::Gone)
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        count_out(text.as_str());
+        guarded(
+            &self.overflow,
+            self.idle,
+            self.socket.feed(Message::Text(text)),
+        )
+        .await
     }
+}
 
-    async fn feed_push(&mut self, frame: &str) -> Result<(), End> {
-        count_out(frame);
-        self.socket
-            .feed(Message::Text(frame.into()))
-            .await
-            .map_err(|_| End::Gone)
+/// A write that gives up when the push queue overflows or the write stays blocked for the idle
+/// timeout: both mean the client is not reading.
+async fn guarded(
+    overflow: &Notify,
+    idle: Duration,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), End> {
+    let stuck = async {
+        if idle.is_zero() {
+            std::future::pending::<()>().await
+        } else {
+            tokio::time::sleep(idle).await
+        }
+    };
+    tokio::select! {
+        written = write => written.map_err(|_| End::Gone),
+        _ = overflow.notified() => Err(not_reading()),
+        _ = stuck => {
+            limits::hit("write_stuck");
+            Err(not_reading())
+        }
     }
+}
+
+fn not_reading() -> End {
+    End::Close(CLOSE_POLICY, "too slow: not reading")
 }
 
 /// A read error: frames past the hard limit close with 1009, anything else ends the loop.
@@ -251,6 +348,7 @@ fn too_big_or_gone(e: &axum::Error) -> End {
         || text.contains("Space limit")
         || text.contains("capacity")
     {
+        limits::hit("frame_size");
         End::Close(CLOSE_TOO_BIG, "message larger than 1 MiB")
     } else {
         End::Gone
@@ -271,6 +369,12 @@ pub fn reply_text(
     let mut head = protocol::reply_head(request_msgid, reqid, errno, &errmsg);
     head.extend(payload);
     Value::Object(head).to_string()
+}
+
+/// ERROR_MSG for a frame that is not a request.
+fn error_text(reqid: Option<i64>, error: &ServiceError) -> String {
+    metrics::counter!("chat_replies_total", "errno" => errno_label(error.errno())).increment(1);
+    protocol::error_frame(reqid, error.errno(), &error.to_string())
 }
 
 fn errno_label(errno: i64) -> &'static str {
@@ -295,7 +399,7 @@ fn count_in(label: &'static str) {
     metrics::counter!("chat_frames_in_total", "msgid" => label).increment(1);
 }
 
-/// Counts an outgoing frame by the msgid it starts with.
+/// Counts an outgoing frame by its msgid.
 fn count_out(frame: &str) {
     let id = frame
         .find("\"msgid\":")

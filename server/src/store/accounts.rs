@@ -4,12 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait, sea_query::OnConflict,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 
 use super::Store;
-use super::entities::{friend, user};
+use super::entities::{friend, session_token, user};
 use crate::error::StoreError;
 
 /// A user as other users see it.
@@ -145,26 +143,32 @@ impl Store {
             .is_some())
     }
 
-    /// Makes `a` and `b` friends both ways; `false` when they already were.
+    /// Makes `a` and `b` friends both ways; `false` when they already were (also when another
+    /// request made them friends at the same moment: the unique key decides).
     pub async fn add_friend(&self, a: i64, b: i64) -> Result<bool, StoreError> {
         if self.is_friend(a, b).await? {
             return Ok(false);
         }
-        let rows = [(a, b), (b, a)].map(|(userid, friendid)| friend::ActiveModel {
+        // Rows in one order for every request, so concurrent ones wait instead of deadlocking.
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        let rows = [(lo, hi), (hi, lo)].map(|(userid, friendid)| friend::ActiveModel {
             userid: Set(userid),
             friendid: Set(friendid),
         });
         let txn = self.db.begin().await?;
-        friend::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::columns([friend::Column::Userid, friend::Column::Friendid])
-                    .do_nothing_on([friend::Column::Userid])
-                    .to_owned(),
-            )
+        match friend::Entity::insert_many(rows)
             .exec_without_returning(&txn)
-            .await?;
-        txn.commit().await?;
-        Ok(true)
+            .await
+        {
+            Ok(_) => {
+                txn.commit().await?;
+                Ok(true)
+            }
+            Err(e) => match StoreError::from(e) {
+                StoreError::Duplicate(_) => Ok(false),
+                other => Err(other),
+            },
+        }
     }
 
     /// Ends the friendship both ways; `false` when there was none.
@@ -186,5 +190,52 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok(res.rows_affected > 0)
+    }
+}
+
+impl Store {
+    /// Stores a resume token's hash for `uid`, valid until `expires_at` (ms); drops the user's
+    /// expired tokens.
+    pub async fn create_token(
+        &self,
+        uid: i64,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        session_token::Entity::delete_many()
+            .filter(session_token::Column::Userid.eq(uid))
+            .filter(session_token::Column::ExpiresAt.lt(now))
+            .exec(&self.db)
+            .await?;
+        session_token::Entity::insert(session_token::ActiveModel {
+            token_hash: Set(token_hash.to_owned()),
+            userid: Set(uid),
+            expires_at: Set(expires_at),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The user of an unexpired token.
+    pub async fn token_user(&self, token_hash: &str) -> Result<Option<user::Model>, StoreError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let Some(token) = session_token::Entity::find_by_id(token_hash.to_owned())
+            .filter(session_token::Column::ExpiresAt.gt(now))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.user_by_id(token.userid).await
+    }
+
+    /// Revokes a token.
+    pub async fn delete_token(&self, token_hash: &str) -> Result<(), StoreError> {
+        session_token::Entity::delete_by_id(token_hash.to_owned())
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 }

@@ -6,4 +6,5 @@ pub mod friend;
 pub mod groupuser;
 pub mod message;
 pub mod read_cursor;
+pub mod session_token;
 pub mod user;
