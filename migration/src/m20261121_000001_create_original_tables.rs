@@ -9,14 +9,37 @@ use crate::names::{Allgroup, Friend, Groupuser, User};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// A `CREATE TABLE` whose text is Unicode and compared byte for byte on every backend (on
-/// MySQL/MariaDB: `utf8mb4` with the binary collation; SQLite and PostgreSQL compare exactly by
-/// default).
-pub(crate) fn create_table(manager: &SchemaManager, name: impl IntoIden) -> TableCreateStatement {
+/// The collation that compares text byte for byte *including trailing spaces* on
+/// MySQL/MariaDB (`utf8mb4_bin` is PAD SPACE there: it would make "bob" and "bob " one name).
+pub(crate) async fn exact_collation(manager: &SchemaManager<'_>) -> Result<&'static str, DbErr> {
+    let conn = manager.get_connection();
+    let version = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT VERSION()",
+        ))
+        .await?
+        .and_then(|row| row.try_get_by_index::<String>(0).ok())
+        .unwrap_or_default();
+    Ok(if version.contains("MariaDB") {
+        "utf8mb4_nopad_bin"
+    } else {
+        "utf8mb4_0900_bin"
+    })
+}
+
+/// A `CREATE TABLE` whose text is Unicode and compared exactly, trailing spaces included, on
+/// every backend (MySQL/MariaDB: `utf8mb4` with a NO PAD binary collation; SQLite and PostgreSQL
+/// compare exactly by default). `collation` comes from [`exact_collation`] on MySQL.
+pub(crate) fn create_table(
+    manager: &SchemaManager,
+    name: impl IntoIden,
+    collation: &str,
+) -> TableCreateStatement {
     let mut table = Table::create();
     table.table(name).if_not_exists();
     if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
-        table.character_set("utf8mb4").collate("utf8mb4_bin");
+        table.character_set("utf8mb4").collate(collation);
     }
     table
 }
@@ -24,9 +47,14 @@ pub(crate) fn create_table(manager: &SchemaManager, name: impl IntoIden) -> Tabl
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let collation = if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
+            exact_collation(manager).await?
+        } else {
+            ""
+        };
         manager
             .create_table(
-                create_table(manager, User::Table)
+                create_table(manager, User::Table, collation)
                     .col(big_pk_auto(User::Id))
                     .col(string_len(User::Name, 64).unique_key())
                     .col(string_len(User::Password, 255))
@@ -36,7 +64,7 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_table(
-                create_table(manager, Friend::Table)
+                create_table(manager, Friend::Table, collation)
                     .col(big_integer(Friend::Userid))
                     .col(big_integer(Friend::Friendid))
                     .primary_key(Index::create().col(Friend::Userid).col(Friend::Friendid))
@@ -45,7 +73,7 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_table(
-                create_table(manager, Allgroup::Table)
+                create_table(manager, Allgroup::Table, collation)
                     .col(big_pk_auto(Allgroup::Id))
                     .col(string_len(Allgroup::Groupname, 64).unique_key())
                     .col(string_len(Allgroup::Groupdesc, 200))
@@ -54,7 +82,7 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_table(
-                create_table(manager, Groupuser::Table)
+                create_table(manager, Groupuser::Table, collation)
                     .col(big_pk_auto(Groupuser::Id))
                     .col(big_integer(Groupuser::Groupid))
                     .col(big_integer(Groupuser::Userid))

@@ -4,7 +4,7 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
-use crate::m20261121_000001_create_original_tables::create_table;
+use crate::m20261121_000001_create_original_tables::{create_table, exact_collation};
 use crate::names::{Conversation, Message, ReadCursor};
 
 /// Creates `conversation`, `message`, `read_cursor` and the `offlinemessage` view.
@@ -29,9 +29,14 @@ WHERE m.sender <> g.userid AND m.seq > COALESCE(r.seq, 0)";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let collation = if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
+            exact_collation(manager).await?
+        } else {
+            ""
+        };
         manager
             .create_table(
-                create_table(manager, Conversation::Table)
+                create_table(manager, Conversation::Table, collation)
                     .col(big_pk_auto(Conversation::Id))
                     .col(big_integer_null(Conversation::UserLo))
                     .col(big_integer_null(Conversation::UserHi))
@@ -72,7 +77,7 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_table(
-                create_table(manager, Message::Table)
+                create_table(manager, Message::Table, collation)
                     .col(big_pk_auto(Message::Id))
                     .col(big_integer(Message::Conv))
                     .col(big_integer(Message::Seq))
@@ -109,7 +114,7 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_table(
-                create_table(manager, ReadCursor::Table)
+                create_table(manager, ReadCursor::Table, collation)
                     .col(big_integer(ReadCursor::Userid))
                     .col(big_integer(ReadCursor::Conv))
                     .col(big_integer(ReadCursor::Seq).default(0))

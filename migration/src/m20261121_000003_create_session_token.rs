@@ -2,7 +2,7 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
-use crate::m20261121_000001_create_original_tables::create_table;
+use crate::m20261121_000001_create_original_tables::{create_table, exact_collation};
 use crate::names::SessionToken;
 
 /// Creates `session_token`.
@@ -12,9 +12,14 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let collation = if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
+            exact_collation(manager).await?
+        } else {
+            ""
+        };
         manager
             .create_table(
-                create_table(manager, SessionToken::Table)
+                create_table(manager, SessionToken::Table, collation)
                     .col(string_len(SessionToken::TokenHash, 64).primary_key())
                     .col(big_integer(SessionToken::Userid))
                     .col(big_integer(SessionToken::ExpiresAt))

@@ -1,0 +1,547 @@
+//! Hardening: every limit is hit and answered as documented while other users are unaffected;
+//! slow readers and half-open sockets are disconnected; login throttling; resume tokens; a
+//! database outage answered with 503 and recovered from.
+//!
+//! Each test starts the real server in-process with small limits (SQLite, the embedded default,
+//! except the outage test, which needs a database server to take away: PostgreSQL).
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chat_server::{Application, Config, ShutdownHandle};
+use common::{Backend, Client, TestDb, assert_ack, http_get, password_of};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Liveness bound for things that must happen (never a performance assertion).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A server with a configuration of the test's choosing, on its own database.
+struct Server {
+    port: u16,
+    shutdown: ShutdownHandle,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    db: Option<TestDb>,
+}
+
+async fn server(backend: Backend, tune: impl FnOnce(&mut Config)) -> Server {
+    let db = TestDb::create(backend).await;
+    let mut config = Config::for_database(db.url());
+    config.node_id = Some("hardened".into());
+    tune(&mut config);
+    let app = Application::build(config).await.expect("the server starts");
+    Server {
+        port: app.port(),
+        shutdown: app.shutdown_handle(),
+        task: Some(tokio::spawn(app.run_until_stopped())),
+        db: Some(db),
+    }
+}
+
+impl Server {
+    async fn user(&self, name: &str) -> Client {
+        let mut c = Client::connect(self.port).await;
+        let id = c.register(name, &password_of(name)).await;
+        c.login(id, &password_of(name)).await;
+        c
+    }
+
+    async fn metric(&self, needle: &str) -> f64 {
+        let (_, _, body) = http_get(self.port, "/metrics").await;
+        body.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(PATIENCE, task).await;
+        }
+        if let Some(db) = self.db.take() {
+            db.destroy().await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Sends `n` FRIEND_LIST requests without waiting, then returns their errnos in order.
+async fn burst(client: &mut Client, n: usize) -> Vec<i64> {
+    let replies = client.pipeline(vec![json!({"msgid": 14}); n]).await;
+    replies
+        .iter()
+        .map(|r| r["errno"].as_i64().expect("errno"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_rate_gets_429_then_1008_while_others_are_unaffected() {
+    let s = server(Backend::Sqlite, |c| {
+        c.rate_per_connection = 5;
+        c.rate_per_user = 0;
+        c.abuse_close_after = 30;
+    })
+    .await;
+    let mut ann = s.user("ann").await;
+    let mut bob = s.user("bob").await;
+    // The bucket holds ten seconds' worth (50); login used a token.
+    let errnos = burst(&mut ann, 60).await;
+    let ok = errnos.iter().filter(|e| **e == 0).count();
+    assert!(
+        (48..=52).contains(&ok),
+        "about the burst passes: {errnos:?}"
+    );
+    assert!(
+        errnos[55..].iter().all(|e| *e == 429),
+        "then 429: {errnos:?}"
+    );
+    assert_eq!(
+        burst(&mut bob, 10).await,
+        vec![0; 10],
+        "another connection is unaffected"
+    );
+    // Keeping at it closes the connection with 1008.
+    for _ in 0..40 {
+        if ann
+            .try_send_text(json!({"msgid": 14}).to_string())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(ann.close_code().await, Ok(Some(1008)));
+    assert!(
+        s.metric("chat_limit_hits_total{limit=\"rate_connection\"}")
+            .await
+            >= 10.0
+    );
+    assert_eq!(burst(&mut bob, 3).await, vec![0; 3]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_its_rate_gets_429_on_every_device_and_one_user_can_send_500_a_second() {
+    let s = server(Backend::Sqlite, |c| {
+        c.rate_per_user = 5;
+        c.abuse_close_after = 1000;
+    })
+    .await;
+    let mut ann = s.user("ann").await;
+    let ann_id = ann.id;
+    let mut ann2 = Client::connect(s.port).await;
+    ann2.login(ann_id, &password_of("ann")).await;
+    let mut bob = s.user("bob").await;
+    let first = burst(&mut ann, 40).await;
+    let second = burst(&mut ann2, 40).await;
+    let ok = first.iter().chain(&second).filter(|e| **e == 0).count();
+    assert!(
+        (45..=55).contains(&ok),
+        "the user's bucket is shared: {first:?} {second:?}"
+    );
+    assert!(second.contains(&429));
+    assert_eq!(
+        burst(&mut bob, 10).await,
+        vec![0; 10],
+        "other users are unaffected"
+    );
+    s.stop().await;
+
+    // Default limits: one user sends 1,000 messages as fast as it can, all accepted.
+    let s = server(Backend::Sqlite, |_| {}).await;
+    let mut ann = s.user("ann").await;
+    let bob = s.user("bob").await;
+    let sends = (0..1000)
+        .map(|i| json!({"msgid": 6, "toid": bob.id, "msg": format!("m{i}")}))
+        .collect();
+    let replies = ann.pipeline(sends).await;
+    assert!(
+        replies.iter().all(|r| r["errno"] == 0),
+        "no 429 at the default limits"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_account_and_per_address() {
+    let s = server(Backend::Sqlite, |c| {
+        c.login_failures_per_account = 4;
+        c.login_attempts_per_address = 0;
+    })
+    .await;
+    let mut c = Client::connect(s.port).await;
+    let ann = c.register("ann", &password_of("ann")).await;
+    let bob = c.register("bob", &password_of("bob")).await;
+    for _ in 0..4 {
+        let r = c
+            .request(json!({"msgid": 1, "id": ann, "password": "wrong"}))
+            .await;
+        assert_eq!(r["errno"], 1);
+    }
+    let r = c
+        .request(json!({"msgid": 1, "id": ann, "password": password_of("ann")}))
+        .await;
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(2), Some(429)),
+        "{r}"
+    );
+    let r = c
+        .request(json!({"msgid": 1, "name": "ann", "password": password_of("ann")}))
+        .await;
+    assert_eq!(r["errno"], 429, "by name too: the same account");
+    c.login(bob, &password_of("bob")).await;
+    assert!(
+        s.metric("chat_limit_hits_total{limit=\"login_account\"}")
+            .await
+            >= 2.0
+    );
+    s.stop().await;
+
+    let s = server(Backend::Sqlite, |c| {
+        c.login_attempts_per_address = 3;
+    })
+    .await;
+    let mut c = Client::connect(s.port).await;
+    let ann = c.register("ann", &password_of("ann")).await;
+    for _ in 0..3 {
+        let r = c
+            .request(json!({"msgid": 1, "id": ann + 100, "password": "x"}))
+            .await;
+        assert_eq!(r["errno"], 1);
+    }
+    let r = c
+        .request(json!({"msgid": 1, "id": ann, "password": password_of("ann")}))
+        .await;
+    assert_eq!(r["errno"], 429, "the address spent its attempts: {r}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_replica_and_per_user() {
+    let s = server(Backend::Sqlite, |c| {
+        c.max_connections = 3;
+        c.max_connections_per_user = 2;
+    })
+    .await;
+    let a = s.user("ann").await;
+    let ann = a.id;
+    let mut b = Client::connect(s.port).await;
+    b.login(ann, &password_of("ann")).await;
+    let mut c = Client::connect(s.port).await;
+    let r = c
+        .request(json!({"msgid": 1, "id": ann, "password": password_of("ann")}))
+        .await;
+    assert_eq!(r["errno"], 429, "a third device of one user: {r}");
+    // A fourth socket is refused at the upgrade.
+    let refused = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", s.port)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503)
+        }
+        other => panic!("the fourth connection is refused with 503, got {other:?}"),
+    }
+    a.close().await;
+    // Room again once one closes.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok((ws, _)) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", s.port)).await
+        {
+            drop(ws);
+            break;
+        }
+        assert!(Instant::now() < deadline, "a slot frees up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ack(&b.request(json!({"msgid": 14})).await, 14, 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_reads_is_disconnected_and_others_keep_chatting() {
+    let s = server(Backend::Sqlite, |c| {
+        c.outbound_queue = 32;
+        c.idle_timeout = 0;
+    })
+    .await;
+    let sleeper = s.user("sleeper").await;
+    let sleeper_id = sleeper.id;
+    let sleeper_ws = sleeper.into_ws(); // never read again
+    let mut ann = s.user("ann").await;
+    let mut bob = s.user("bob").await;
+    let big = "x".repeat(4000);
+    let mut closed = false;
+    for round in 0..200 {
+        let sends = (0..20)
+            .map(|_| json!({"msgid": 6, "toid": sleeper_id, "msg": big}))
+            .collect();
+        let replies = ann.pipeline(sends).await;
+        assert!(
+            replies.iter().all(|r| r["errno"] == 0),
+            "sends to a slow reader still succeed"
+        );
+        // Meanwhile other users chat normally.
+        bob.chat_ok(ann.id, &format!("round {round}")).await;
+        ann.next_push(6).await;
+        if s.metric("chat_slow_consumer_disconnects_total").await >= 1.0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the slow reader was disconnected (queue bounded at 32)"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while s.metric("chat_ws_connections").await > 2.0 {
+        assert!(Instant::now() < deadline, "its socket is gone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(sleeper_ws);
+    bob.chat_ok(ann.id, "still fine").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_socket_is_reaped_and_its_user_shows_offline() {
+    let s = server(Backend::Sqlite, |c| c.idle_timeout = 2).await;
+    let mut ann = s.user("ann").await;
+    let ghost = s.user("ghost").await;
+    ann.add_friend(ghost.id).await;
+    let ghost_id = ghost.id;
+    // The ghost's socket stays open but nothing answers the server's pings any more.
+    let ghost_ws = ghost.into_ws();
+    let started = Instant::now();
+    let push = ann
+        .recv_where("ghost offline", PATIENCE, |f| {
+            f["msgid"] == 19 && f["id"] == ghost_id && f["state"] == "offline"
+        })
+        .await;
+    assert_eq!(push["state"], "offline");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the idle timeout"
+    );
+    drop(ghost_ws);
+    // ann, whose client keeps reading (and so answers pings), stays connected past the timeout
+    // without sending anything.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), ann.next_frame()).await;
+    assert!(quiet.is_err(), "nothing arrives meanwhile: {quiet:?}");
+    assert_ack(&ann.request(json!({"msgid": 14})).await, 14, 0);
+    assert!(s.metric("chat_limit_hits_total{limit=\"idle\"}").await >= 1.0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_token_logs_in_without_the_password_until_logout_revokes_it() {
+    let s = server(Backend::Sqlite, |_| {}).await;
+    let mut ann = s.user("ann").await;
+    let mut first = Client::connect(s.port).await;
+    let reply = first.login(ann.id, &password_of("ann")).await;
+    let token = reply["token"]
+        .as_str()
+        .expect("the login reply carries a token")
+        .to_owned();
+    assert_eq!(token.len(), 64);
+
+    let mut resumed = Client::connect(s.port).await;
+    let r = resumed.request(json!({"msgid": 1, "token": token})).await;
+    assert_eq!(
+        (r["errno"].as_i64(), r["id"].as_i64()),
+        (Some(0), Some(ann.id)),
+        "{r}"
+    );
+    assert_eq!(r["token"], token.as_str(), "resuming keeps the token");
+
+    first.logout().await;
+    let mut again = Client::connect(s.port).await;
+    let r = again.request(json!({"msgid": 1, "token": token})).await;
+    assert_eq!(r["errno"], 1, "a revoked token no longer works: {r}");
+    let r = again
+        .request(json!({"msgid": 1, "token": "0".repeat(64)}))
+        .await;
+    assert_eq!(r["errno"], 1, "an unknown token does not work");
+    assert_ack(&ann.request(json!({"msgid": 14})).await, 14, 0);
+    s.stop().await;
+
+    let s = server(Backend::Sqlite, |c| c.resume_token_ttl = 1).await;
+    let mut ann = s.user("ann").await;
+    let mut c = Client::connect(s.port).await;
+    let token = c.login(ann.id, &password_of("ann")).await["token"].clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = ann.request(json!({"msgid": 3})).await;
+    assert_ack(&r, 3, 0);
+    let mut late = Client::connect(s.port).await;
+    let r = late.request(json!({"msgid": 1, "token": token})).await;
+    assert_eq!(r["errno"], 1, "an expired token does not work: {r}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_id_field_never_makes_the_server_act_as_another_user() {
+    let s = server(Backend::Sqlite, |_| {}).await;
+    let mut mallory = s.user("mallory").await;
+    let mut victim = s.user("victim").await;
+    let carol = s.user("carol").await;
+    let gid = victim.create_group("private", "").await["id"]
+        .as_i64()
+        .expect("gid");
+    let victim_id = victim.id;
+    let as_victim = |mut v: Value| {
+        v["id"] = json!(victim_id);
+        v
+    };
+    let r = mallory
+        .request(as_victim(json!({"msgid": 7, "friendid": carol.id})))
+        .await;
+    assert_ack(&r, 7, 0);
+    assert!(
+        victim.friends().await.is_empty(),
+        "the victim's friends are untouched"
+    );
+    let r = mallory
+        .request(as_victim(json!({"msgid": 10, "groupid": gid, "msg": "x"})))
+        .await;
+    assert_ack(&r, 10, 403);
+    let r = mallory
+        .request(as_victim(json!({"msgid": 16, "groupid": gid})))
+        .await;
+    assert_ack(&r, 16, 403);
+    let r = mallory
+        .request(as_victim(json!({"msgid": 17, "groupid": gid})))
+        .await;
+    assert_ack(&r, 17, 403);
+    let r = mallory
+        .request(as_victim(json!({"msgid": 13, "groupid": gid})))
+        .await;
+    assert_ack(&r, 13, 403);
+    let r = mallory
+        .request(as_victim(
+            json!({"msgid": 6, "toid": carol.id, "msg": "hi"}),
+        ))
+        .await;
+    assert_ack(&r, 6, 0);
+    let (_, _, history) = mallory.history(json!({"toid": carol.id})).await;
+    assert_eq!(
+        history[0]["id"], mallory.id,
+        "the sender is the session's user"
+    );
+    s.stop().await;
+}
+
+/// Runs a statement as the PostgreSQL superuser.
+async fn postgres_admin(sql: &str) {
+    let base = std::env::var("CHAT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let admin = sea_orm::Database::connect(format!("{base}/postgres"))
+        .await
+        .expect("admin");
+    sea_orm::ConnectionTrait::execute_unprepared(&admin, sql)
+        .await
+        .expect(sql);
+    admin.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_answered_503_quickly_and_recovered_from() {
+    let s = server(Backend::Postgres, |c| {
+        c.request_timeout = 3;
+        c.db_pool = 4;
+    })
+    .await;
+    let name =
+        s.db.as_ref()
+            .expect("db")
+            .url()
+            .rsplit('/')
+            .next()
+            .expect("name")
+            .to_owned();
+    let mut ann = s.user("ann").await;
+    let mut bob = s.user("bob").await;
+    ann.chat_ok(bob.id, "before").await;
+    bob.next_push(6).await;
+
+    // The database goes away: no new connections, existing ones killed.
+    postgres_admin(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .await;
+    postgres_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    let started = Instant::now();
+    let r = ann.chat(bob.id, "during").await;
+    assert_eq!(r["errno"], 503, "{r}");
+    let r = ann.request(json!({"msgid": 14})).await;
+    assert_ack(&r, 14, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "fails fast enough: {:?}",
+        started.elapsed()
+    );
+    let (status, _, _) = http_get(s.port, "/healthz").await;
+    assert_eq!(status, 503, "/healthz reports the outage");
+    // The server itself stays responsive: malformed input is still answered at once.
+    ann.send_text("not json").await;
+    assert_eq!(ann.next_frame().await["errno"], 400);
+
+    // The database returns: the server recovers by itself.
+    postgres_admin(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true")).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if http_get(s.port, "/healthz").await.0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/healthz recovers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = ann.chat(bob.id, "after").await;
+    assert_eq!(r["errno"], 0, "{r}");
+    let push = bob
+        .recv_where("after", PATIENCE, |f| f["msg"] == "after")
+        .await;
+    assert_eq!(push["msgid"], 6);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_and_pings_from_clients_are_handled() {
+    let s = server(Backend::Sqlite, |_| {}).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", s.port))
+        .await
+        .expect("connect");
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .expect("send");
+    ws.send(Message::Ping(vec![9].into())).await.expect("ping");
+    let mut got_pong = false;
+    let mut got_error = false;
+    while !(got_pong && got_error) {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame")
+        {
+            Some(Ok(Message::Pong(p))) => got_pong = p.as_ref() == [9],
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                got_error = v["msgid"] == 20 && v["errno"] == 400;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    s.stop().await;
+}
