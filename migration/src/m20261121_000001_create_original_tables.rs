@@ -10,8 +10,12 @@ use crate::names::{Allgroup, Friend, Groupuser, User};
 pub struct Migration;
 
 /// The collation that compares text byte for byte *including trailing spaces* on
-/// MySQL/MariaDB (`utf8mb4_bin` is PAD SPACE there: it would make "bob" and "bob " one name).
+/// MySQL/MariaDB (`utf8mb4_bin` is PAD SPACE there: it would make "bob" and "bob " one name);
+/// empty on the other backends, which compare exactly by default.
 pub(crate) async fn exact_collation(manager: &SchemaManager<'_>) -> Result<&'static str, DbErr> {
+    if manager.get_database_backend() != sea_orm::DatabaseBackend::MySql {
+        return Ok("");
+    }
     let conn = manager.get_connection();
     let version = conn
         .query_one_raw(sea_orm::Statement::from_string(
@@ -47,11 +51,7 @@ pub(crate) fn create_table(
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let collation = if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
-            exact_collation(manager).await?
-        } else {
-            ""
-        };
+        let collation = exact_collation(manager).await?;
         manager
             .create_table(
                 create_table(manager, User::Table, collation)

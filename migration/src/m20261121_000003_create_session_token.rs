@@ -12,11 +12,7 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let collation = if manager.get_database_backend() == sea_orm::DatabaseBackend::MySql {
-            exact_collation(manager).await?
-        } else {
-            ""
-        };
+        let collation = exact_collation(manager).await?;
         manager
             .create_table(
                 create_table(manager, SessionToken::Table, collation)
