@@ -2,7 +2,11 @@
 # A local clusterchat cluster on loopback: a private Redis, a fresh database on the local
 # MariaDB (or PostgreSQL with --pg), N replicas and nginx in front of them.
 #
-#   nginx/cluster.sh up [N] [--pg] [--release] [--port P]   start (N = 2 replicas, nginx on 8000)
+#   nginx/cluster.sh up [N] [--pg] [--release] [--port P] [--legacy [--legacy-port L]]
+#                                                            start (N = 2 replicas, nginx on 8000;
+#                                                            --legacy: each replica also gets a
+#                                                            --legacy-listen port and nginx stream
+#                                                            balances them on L, default 6000)
 #   nginx/cluster.sh status                                  what runs, and the URLs
 #   nginx/cluster.sh kill I                                  SIGKILL replica I (failure drills)
 #   nginx/cluster.sh down                                    stop exactly what `up` started
@@ -77,12 +81,14 @@ db_drop() {
 }
 
 cmd_up() {
-    local replicas=2 kind=mysql profile=debug nginx_port=8000
+    local replicas=2 kind=mysql profile=debug nginx_port=8000 legacy=0 legacy_port=6000
     while [ $# -gt 0 ]; do
         case $1 in
             --pg) kind=postgres ;;
             --release) profile=release ;;
             --port) nginx_port=$2; shift ;;
+            --legacy) legacy=1 ;;
+            --legacy-port) legacy=1; legacy_port=$2; shift ;;
             [0-9]*) replicas=$1 ;;
             *) die "unknown argument $1" ;;
         esac
@@ -132,13 +138,20 @@ cmd_up() {
     url=${admin%/}/$name
 
     # Replicas: the first one alone (it creates the schema), then the others.
-    local i port ports=()
+    local i port ports=() lport legacy_ports=() legacy_args=()
     for i in $(seq "$replicas"); do
         port=$(free_port)
+        legacy_args=()
+        if [ "$legacy" = 1 ]; then
+            lport=$(free_port)
+            legacy_args=(--legacy-listen "127.0.0.1:$lport")
+            legacy_ports+=("$lport")
+        fi
         "$bin" --listen "127.0.0.1:$port" --database-url "$url" --redis-url "redis://127.0.0.1:$redis_port" \
-            --node-id "replica-$i" --web-dir "$repo/web" > "$run/replica-$i.log" 2>&1 &
+            --node-id "replica-$i" --web-dir "$repo/web" "${legacy_args[@]}" > "$run/replica-$i.log" 2>&1 &
         echo "REPLICA_${i}_PID=$!" >> "$state"
         echo "REPLICA_${i}_PORT=$port" >> "$state"
+        if [ "$legacy" = 1 ]; then echo "REPLICA_${i}_LEGACY_PORT=$lport" >> "$state"; fi
         ports+=("$port")
         if [ "$i" = 1 ]; then
             wait_http "http://127.0.0.1:$port/healthz" 600 || die "replica 1 did not start; see $run/replica-1.log"
@@ -165,8 +178,43 @@ PY
     echo "NGINX_PID=$!" >> "$state"
     echo "NGINX_PORT=$nginx_port" >> "$state"
     wait_http "http://127.0.0.1:$nginx_port/healthz" || die "nginx did not start; see $run/nginx/error.log"
+    if [ "$legacy" = 1 ]; then start_stream "$legacy_port" "${legacy_ports[@]}"; fi
     trap - ERR
     cmd_status
+}
+
+# start_stream PORT LEGACY_PORT...: nginx stream (a copy of stream.conf) in front of the replicas'
+# legacy listeners, for the course's original TCP client.
+start_stream() {
+    local listen=$1; shift
+    local module=""
+    if nginx -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
+        local dir
+        dir=$(nginx -V 2>&1 | tr ' ' '\n' | sed -n 's/^--modules-path=//p')
+        module=${dir:-/usr/lib/nginx/modules}/ngx_stream_module.so
+        [ -f "$module" ] || die "nginx's stream module is missing (apt-get install -y libnginx-mod-stream)"
+    fi
+    mkdir -p "$run/nginx-stream"
+    python3 - "$here/stream.conf" "$run/nginx-stream/stream.conf" "$listen" "$module" "$@" <<'PY'
+import re, sys
+src, dst, listen, module, *ports = sys.argv[1:]
+conf = open(src).read()
+servers = "".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in ports)
+conf = re.sub(r"(# replicas: begin\n).*?(\s*# replicas: end)", lambda m: m.group(1) + servers.rstrip("\n") + m.group(2), conf, flags=re.S)
+conf = conf.replace("listen 127.0.0.1:6000 ", f"listen 127.0.0.1:{listen} ")
+if module:
+    conf = f"load_module {module};\n" + conf
+open(dst, "w").write(conf)
+PY
+    nginx -p "$run/nginx-stream" -c "$run/nginx-stream/stream.conf" > "$run/nginx-stream.log" 2>&1 &
+    echo "NGINX_STREAM_PID=$!" >> "$state"
+    echo "LEGACY_PORT=$listen" >> "$state"
+    for _ in $(seq 50); do
+        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$listen" \
+            2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nginx stream did not start; see $run/nginx-stream/error-stream.log"
 }
 
 load_state() {
@@ -185,12 +233,18 @@ cmd_status() {
         port=$(eval echo "\${REPLICA_${i}_PORT}")
         printf 'replica-%s pid %-8s %s  http://127.0.0.1:%s  (log %s)\n' "$i" "$pid" \
             "$(alive "$pid" && echo up || echo DOWN)" "$port" "$run/replica-$i.log"
+        port=$(eval echo "\${REPLICA_${i}_LEGACY_PORT:-}")
+        if [ -n "$port" ]; then printf '          legacy TCP 127.0.0.1:%s\n' "$port"; fi
     done
     if [ -n "${NGINX_PID:-}" ]; then
         printf 'nginx    pid %-8s %s\n' "$NGINX_PID" "$(alive "$NGINX_PID" && echo up || echo DOWN)"
         echo
         echo "web page:  http://127.0.0.1:$NGINX_PORT/"
         echo "websocket: ws://127.0.0.1:$NGINX_PORT/ws"
+    fi
+    if [ -n "${NGINX_STREAM_PID:-}" ]; then
+        printf 'nginx stream pid %-8s %s\n' "$NGINX_STREAM_PID" "$(alive "$NGINX_STREAM_PID" && echo up || echo DOWN)"
+        echo "original client: ./ChatClient 127.0.0.1 $LEGACY_PORT   (docs/legacy.md)"
     fi
 }
 
@@ -210,6 +264,7 @@ cmd_down() {
     . "$state"
     local i
     [ -n "${NGINX_PID:-}" ] && stop_pid "$NGINX_PID"
+    [ -n "${NGINX_STREAM_PID:-}" ] && stop_pid "$NGINX_STREAM_PID"
     for i in $(seq 1 64); do
         local pid
         pid=$(eval echo "\${REPLICA_${i}_PID:-}")
@@ -226,5 +281,5 @@ case ${1:-} in
     down) cmd_down ;;
     status) cmd_status ;;
     kill) shift; cmd_kill "$@" ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -37,6 +37,11 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 if ! command -v psql >/dev/null || [ -z "$(pg_bindir)" ]; then missing+=(postgresql); fi
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v chromium >/dev/null || missing+=(chromium)
+# nginx's stream module (TCP balancing of the legacy port) is a separate package on Debian.
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+command -v tmux >/dev/null || missing+=(tmux)        # the terminal client's end-to-end test
+command -v curl >/dev/null || missing+=(curl)        # nginx/cluster.sh health checks
+command -v python3 >/dev/null || missing+=(python3)  # nginx/cluster.sh helpers
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update
@@ -224,6 +229,10 @@ run_e2e() {
         log "installing for the browser tests: ${e2e_missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${e2e_missing[@]}"
+    fi
+    # @playwright/test 1.65 needs Node.js 20 or newer (Debian 12's own nodejs is 18).
+    if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+        die "the browser tests need Node.js >= 20 (found $(node --version)); install a newer nodejs or set CHAT_TEST_SKIP_E2E=1"
     fi
     if [ ! -x e2e/node_modules/.bin/playwright ]; then
         log "installing e2e/ npm packages (npm ci; no browser download)"

@@ -19,7 +19,7 @@ use crate::hub::{ConnId, Hub};
 use crate::limits::{LoginThrottle, UserBuckets};
 use crate::presence::Presence;
 use crate::store::Store;
-use crate::{http, telemetry};
+use crate::{http, legacy, telemetry};
 
 /// Shared state of one replica, cheap to clone.
 #[derive(Clone)]
@@ -124,6 +124,8 @@ impl ShutdownHandle {
 /// A built replica, bound to its port, not yet serving.
 pub struct Application {
     listener: TcpListener,
+    /// The original protocol's TCP listener (`--legacy-listen`), when configured.
+    legacy: Option<TcpListener>,
     state: AppState,
     shutdown: ShutdownHandle,
     writer: JoinHandle<()>,
@@ -144,6 +146,10 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let legacy = config
+            .legacy_listen
+            .map(|addr| legacy::bind(addr).with_context(|| format!("binding legacy {addr}")))
+            .transpose()?;
         let port = listener.local_addr()?.port();
         let node: Arc<str> = config.resolve_node_id(port).into();
         let hub = Arc::new(Hub::default());
@@ -179,6 +185,7 @@ impl Application {
         }));
         Ok(Application {
             listener,
+            legacy,
             state,
             shutdown: ShutdownHandle(Arc::new(tx)),
             writer,
@@ -197,6 +204,12 @@ impl Application {
             .unwrap_or_else(|_| self.state.config.listen)
     }
 
+    /// The bound port of the legacy TCP listener, when configured.
+    pub fn legacy_port(&self) -> Option<u16> {
+        let legacy = self.legacy.as_ref()?;
+        legacy.local_addr().ok().map(|a| a.port())
+    }
+
     /// This replica's name.
     pub fn node_id(&self) -> &str {
         &self.state.node
@@ -211,10 +224,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Application {
             listener,
+            legacy,
             state,
             shutdown: _,
             writer,
         } = self;
+        let legacy = legacy.map(|l| tokio::spawn(legacy::serve(l, state.clone())));
         tracing::info!(node = %state.node, addr = %listener.local_addr()?, "clusterchat listening");
         let router = http::router(state.clone());
         let mut stop = state.shutdown.clone();
@@ -226,6 +241,9 @@ impl Application {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await?;
+        if let Some(task) = legacy {
+            task.await.context("the legacy listener")?;
+        }
         // Sockets close themselves with 1001 on the same signal; give them a moment.
         if tokio::time::timeout(Duration::from_secs(5), state.connections.wait_idle())
             .await

@@ -103,6 +103,11 @@ pub struct Config {
     /// Lifetime of a resume token (LOGIN_MSG with `token`), in seconds.
     #[arg(long, env = "CHAT_RESUME_TOKEN_TTL", default_value_t = 7 * 24 * 3600)]
     pub resume_token_ttl: u64,
+
+    /// Address of a raw TCP listener speaking the original course protocol (NUL-terminated
+    /// JSON) for its C++ client, e.g. `127.0.0.1:6000` (see `docs/legacy.md`). Absent: off.
+    #[arg(long, env = "CHAT_LEGACY_LISTEN")]
+    pub legacy_listen: Option<SocketAddr>,
 }
 
 impl Config {

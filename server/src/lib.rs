@@ -6,6 +6,7 @@
 //! - [`app`]: [`Application`] (build, bind, run, shut down) and the shared [`AppState`].
 //! - [`http`]: the router: `/ws`, `/healthz`, `/metrics`, the web page.
 //! - [`ws`]: the per-connection socket loop (ordered replies, bounded push queue).
+//! - [`legacy`]: the original course's TCP protocol (NUL-terminated JSON) for its C++ client.
 //! - [`protocol`]: msgids, request parsing and validation, reply shapes (pure).
 //! - [`service`]: one handler per request, given the session; business rules.
 //! - [`delivery`]: the chat pipeline: batched writes (group commit), then publish, then ack.
@@ -26,6 +27,7 @@ pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod legacy;
 pub mod limits;
 pub mod presence;
 pub mod protocol;

@@ -317,7 +317,10 @@ mod tests {
     #[test]
     fn whitespace_or_nothing_may_separate_objects() {
         let mut f = Framer::new(1000, 2000);
-        let out = feed_all(&mut f, &[b"  {\"a\":1}\n\r\t{\"b\":2}{\"c\":3} \0 \0{\"d\":4}"]);
+        let out = feed_all(
+            &mut f,
+            &[b"  {\"a\":1}\n\r\t{\"b\":2}{\"c\":3} \0 \0{\"d\":4}"],
+        );
         assert_eq!(
             objects(&out),
             ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}", "{\"d\":4}"]
@@ -350,7 +353,11 @@ mod tests {
         let big = format!("{{\"msg\":\"{}\"}}", "x".repeat(100));
         let out = feed_all(
             &mut f,
-            &[&big.as_bytes()[..50], &big.as_bytes()[50..], b"\0{\"ok\":1}"],
+            &[
+                &big.as_bytes()[..50],
+                &big.as_bytes()[50..],
+                b"\0{\"ok\":1}",
+            ],
         );
         assert_eq!(objects(&out), ["{\"ok\":1}"]);
         assert_eq!(drops(&out), [DropReason::TooLarge]);

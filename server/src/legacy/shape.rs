@@ -103,12 +103,12 @@ pub fn group_string(v: &Value) -> Value {
     string_of(&g)
 }
 
-/// The original login reply for a successful login payload, and the chats of `offlinemsg`
-/// that did not fit: they follow as pushes, in order.
+/// The original login reply for a successful login payload, and how many chats of the
+/// payload's `offlinemsg` it holds: the others did not fit and follow as pushes, in order.
 ///
 /// `offlinemsg` takes the oldest unread chats while the reply stays within [`CLIENT_BUFFER`]
 /// bytes; `friends` and `groups` always go in whole (the original has nowhere else for them).
-pub fn login_reply(payload: &Payload) -> (Value, Vec<Value>) {
+pub fn login_reply(payload: &Payload) -> (Value, usize) {
     let mut reply = json!({"msgid": msgid::LOGIN_ACK, "errno": 0});
     reply["id"] = payload.get("id").cloned().unwrap_or(Value::Null);
     reply["name"] = payload.get("name").cloned().unwrap_or(Value::Null);
@@ -127,25 +127,23 @@ pub fn login_reply(payload: &Payload) -> (Value, Vec<Value>) {
     if !groups.is_empty() {
         reply["groups"] = Value::Array(groups);
     }
-    let chats: Vec<Value> = list("offlinemsg").iter().filter_map(chat).collect();
     // `,"offlinemsg":[` and `]`, then each element and its comma.
     let mut size = reply.to_string().len() + ",\"offlinemsg\":[]".len();
     let mut inline = Vec::new();
-    let mut rest = Vec::new();
-    for c in chats {
-        let element = string_of(&c);
+    for c in list("offlinemsg").iter() {
+        let element = string_of(&chat(c).unwrap_or_default());
         let grown = size + element.to_string().len() + usize::from(!inline.is_empty());
-        if rest.is_empty() && grown <= CLIENT_BUFFER {
-            size = grown;
-            inline.push(element);
-        } else {
-            rest.push(c);
+        if grown > CLIENT_BUFFER {
+            break;
         }
+        size = grown;
+        inline.push(element);
     }
-    if !inline.is_empty() {
+    let count = inline.len();
+    if count > 0 {
         reply["offlinemsg"] = Value::Array(inline);
     }
-    (reply, rest)
+    (reply, count)
 }
 
 /// The original login reply for a failed login.
@@ -166,29 +164,24 @@ pub fn reg_reply(outcome: &Result<Payload, ServiceError>) -> Value {
             "errno": 0,
             "id": p.get("id").cloned().unwrap_or(Value::Null),
         }),
-        Err(e) => {
-            let errno = match e {
-                ServiceError::NameTaken(_) => 1,
-                other => other.errno(),
-            };
-            json!({"msgid": msgid::REG_ACK, "errno": errno, "errmsg": e.to_string()})
-        }
+        Err(e) => reg_error(e),
     }
+}
+
+fn reg_error(e: &ServiceError) -> Value {
+    let errno = match e {
+        ServiceError::NameTaken(_) => 1,
+        other => other.errno(),
+    };
+    json!({"msgid": msgid::REG_ACK, "errno": errno, "errmsg": e.to_string()})
 }
 
 /// The error reply of a request of msgid `id`, when the original has one (login, register).
 pub fn error_reply(id: i64, e: &ServiceError) -> Option<Value> {
     match id {
         msgid::LOGIN => Some(login_error(e)),
-        msgid::REG => Some(reg_reply(&Err(clone(e)))),
+        msgid::REG => Some(reg_error(e)),
         _ => None,
-    }
-}
-
-fn clone(e: &ServiceError) -> ServiceError {
-    match e {
-        ServiceError::NameTaken(what) => ServiceError::NameTaken(what),
-        other => ServiceError::BadRequest(other.to_string()),
     }
 }
 
@@ -263,8 +256,8 @@ mod tests {
                         "users":[{"id":1,"name":"ann","state":"online","role":"creator"}]}],
             "offlinemsg": []
         }));
-        let (reply, rest) = login_reply(&p);
-        assert!(rest.is_empty());
+        let (reply, inline) = login_reply(&p);
+        assert_eq!(inline, 0);
         assert_eq!(reply["msgid"], 2);
         assert_eq!(reply["errno"], 0);
         assert!(reply.get("node").is_none() && reply.get("offlinemsg").is_none());
@@ -273,7 +266,10 @@ mod tests {
             json!({"id":2,"name":"bob","state":"online"})
         );
         let g = parse(&reply["groups"][0]);
-        assert_eq!((g["id"].as_i64(), g["groupname"].as_str()), (Some(7), Some("g")));
+        assert_eq!(
+            (g["id"].as_i64(), g["groupname"].as_str()),
+            (Some(7), Some("g"))
+        );
         assert_eq!(parse(&g["users"][0])["role"], "creator");
 
         let bare = login_reply(&payload(
@@ -292,22 +288,35 @@ mod tests {
                        "time":"2026-11-21T05:10:24.123Z"})
             })
             .collect();
-        let p = payload(json!({"id":1,"name":"ann","friends":[],"groups":[],"offlinemsg":chats}));
-        let (reply, rest) = login_reply(&p);
+        let p = payload(
+            json!({"id":1,"name":"ann","friends":[],"groups":[],"offlinemsg":chats.clone()}),
+        );
+        let (reply, inline) = login_reply(&p);
         let text = reply.to_string();
         assert!(text.len() <= CLIENT_BUFFER, "{} bytes", text.len());
-        let inline = reply["offlinemsg"].as_array().expect("some fit").len();
+        assert_eq!(
+            reply["offlinemsg"].as_array().expect("some fit").len(),
+            inline
+        );
         assert!(inline > 0 && inline < 40);
-        assert_eq!(inline + rest.len(), 40);
-        let last_inline = parse(&reply["offlinemsg"][inline - 1]);
-        let prefix = format!("message {} ", inline - 1);
-        assert!(last_inline["msg"].as_str().expect("msg").starts_with(&prefix));
-        let prefix = format!("message {inline} ");
-        assert!(rest[0]["msg"].as_str().expect("msg").starts_with(&prefix));
-        assert_eq!(rest[0]["time"], "2026-11-21 05:10:24", "already in the original shape");
-        // The size estimate is exact: one more element would not have fitted.
-        let one_more = text.len() + 1 + string_of(&rest[0]).to_string().len();
-        assert!(one_more > CLIENT_BUFFER);
+        for (i, element) in reply["offlinemsg"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .enumerate()
+        {
+            let c = parse(element);
+            assert!(
+                c["msg"]
+                    .as_str()
+                    .expect("msg")
+                    .starts_with(&format!("message {i} "))
+            );
+            assert_eq!(c["time"], "2026-11-21 05:10:24");
+        }
+        // The size estimate is exact: the next element would not have fitted.
+        let next = string_of(&chat(&chats[inline]).expect("a chat"));
+        assert!(text.len() + 1 + next.to_string().len() > CLIENT_BUFFER);
     }
 
     #[test]
@@ -331,6 +340,14 @@ mod tests {
         assert_eq!(
             error_reply(4, &ServiceError::NameTaken("x")).expect("reg")["errno"],
             1
+        );
+        assert_eq!(
+            error_reply(4, &ServiceError::TooLarge(10)).expect("reg")["errno"],
+            413
+        );
+        assert_eq!(
+            error_reply(1, &ServiceError::RateLimited("x".into())).expect("login")["errno"],
+            429
         );
         assert!(error_reply(6, &ServiceError::NotLoggedIn).is_none());
     }
