@@ -63,8 +63,13 @@ pub struct Presence {
 /// A change seen by this replica, processed in order by the announcer.
 #[derive(Debug)]
 enum Change {
-    /// A user's first connection on this replica.
-    Arrived { user: i64, name: Arc<str> },
+    /// A user's first connection on this replica; `recipients` are the friends and co-members
+    /// at that moment.
+    Arrived {
+        user: i64,
+        name: Arc<str>,
+        recipients: HashSet<i64>,
+    },
     /// A user's last connection on this replica closed.
     Departed { user: i64, name: Arc<str> },
     /// A user was on a dead replica only.
@@ -100,12 +105,20 @@ impl Presence {
         Ok(presence)
     }
 
-    /// `user` got a connection here (`first_local`: its first on this replica).
-    pub fn connected(&self, user: i64, name: &Arc<str>, first_local: bool) {
+    /// `user` got a connection here (`first_local`: its first on this replica); `recipients`
+    /// are its friends and co-members now, who are told if the user just came online.
+    pub fn connected(
+        &self,
+        user: i64,
+        name: &Arc<str>,
+        first_local: bool,
+        recipients: HashSet<i64>,
+    ) {
         if first_local {
             let _ = self.events.send(Change::Arrived {
                 user,
                 name: name.clone(),
+                recipients,
             });
         }
     }
@@ -164,8 +177,12 @@ async fn announcer(
     node: Arc<str>,
 ) {
     while let Some(change) = rx.recv().await {
-        let (user, name, online) = match change {
-            Change::Arrived { user, name } => {
+        let (user, name, online, recipients) = match change {
+            Change::Arrived {
+                user,
+                name,
+                recipients,
+            } => {
                 let first = match &redis {
                     None => true,
                     Some(c) => {
@@ -176,7 +193,7 @@ async fn announcer(
                 if !first {
                     continue;
                 }
-                (user, Some(name), true)
+                (user, Some(name), true, Some(recipients))
             }
             Change::Departed { user, name } => {
                 let last = match &redis {
@@ -189,11 +206,11 @@ async fn announcer(
                 if !last {
                     continue;
                 }
-                (user, Some(name), false)
+                (user, Some(name), false, None)
             }
-            Change::Orphaned { user } => (user, None, false),
+            Change::Orphaned { user } => (user, None, false, None),
         };
-        if let Err(e) = announce(&store, &bus, user, name, online).await {
+        if let Err(e) = announce(&store, &bus, user, name, online, recipients).await {
             tracing::warn!(user, "presence announcement: {e}");
         }
     }
@@ -212,13 +229,14 @@ async fn run_script(client: &Client, script: &str, user: i64, node: &str) -> Opt
     }
 }
 
-/// Sends PRESENCE_MSG to the user's friends and co-members.
+/// Sends PRESENCE_MSG to `recipients`, or else to the user's friends and co-members now.
 async fn announce(
     store: &Store,
     bus: &Bus,
     user: i64,
     name: Option<Arc<str>>,
     online: bool,
+    recipients: Option<HashSet<i64>>,
 ) -> Result<(), StoreError> {
     let name = match name {
         Some(n) => n,
@@ -228,8 +246,14 @@ async fn announce(
             .unwrap_or_else(|| Arc::from("")),
     };
     let state = if online { "online" } else { "offline" };
-    let mut recipients: HashSet<i64> = store.friend_ids(user).await?.into_iter().collect();
-    recipients.extend(store.co_member_ids(user).await?);
+    let mut recipients = match recipients {
+        Some(r) => r,
+        None => {
+            let mut r: HashSet<i64> = store.friend_ids(user).await?.into_iter().collect();
+            r.extend(store.co_member_ids(user).await?);
+            r
+        }
+    };
     recipients.remove(&user);
     let frame: Arc<str> =
         json!({"msgid": msgid::PRESENCE, "id": user, "name": &*name, "state": state})

@@ -256,11 +256,11 @@ async fn login(
         end_session(state, session).await;
         return Err(ServiceError::Unavailable(e.to_string()));
     }
-    state
-        .presence
-        .connected(me.id, &me.name, change.first_or_last);
     match login_payload(state, &me, &group_ids).await {
-        Ok(mut p) => {
+        Ok((mut p, recipients)) => {
+            state
+                .presence
+                .connected(me.id, &me.name, change.first_or_last, recipients);
             p.insert("token".into(), token.into());
             Ok(p)
         }
@@ -271,13 +271,21 @@ async fn login(
     }
 }
 
+/// The login reply's payload, and who must hear that the user came online (friends and
+/// co-members, as this reply shows them).
 async fn login_payload(
     state: &AppState,
     me: &SessionUser,
     group_ids: &[i64],
-) -> Result<Payload, ServiceError> {
+) -> Result<(Payload, HashSet<i64>), ServiceError> {
     let friends = state.store.friends(me.id).await?;
     let groups = state.store.groups_info(group_ids).await?;
+    let recipients: HashSet<i64> = friends
+        .iter()
+        .map(|f| f.id)
+        .chain(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)))
+        .filter(|&id| id != me.id)
+        .collect();
     let unread = state.store.unread(me.id, group_ids).await?;
     let senders: Vec<i64> = unread.iter().map(|m| m.sender).collect();
     let names = state.store.user_names(&senders).await?;
@@ -295,7 +303,7 @@ async fn login_payload(
     p.insert("friends".into(), users_json(state, &friends).await);
     p.insert("groups".into(), groups_json(state, &groups).await);
     p.insert("offlinemsg".into(), Value::Array(offline));
-    Ok(p)
+    Ok((p, recipients))
 }
 
 async fn register(
