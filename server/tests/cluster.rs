@@ -665,3 +665,132 @@ async fn through_nginx_two_clients_land_on_different_replicas_and_chat() {
     b.stop().await;
     db.destroy().await;
 }
+
+/// A three-node Redis Cluster of private `redis-server`s, stopped when dropped.
+struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "chat-rediscluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                ])
+                .arg("--cluster-config-file")
+                .arg(node_dir.join("nodes.conf"))
+                .arg("--dir")
+                .arg(&node_dir)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            nodes.push(child);
+        }
+        for port in &ports {
+            let deadline = Instant::now() + PATIENCE;
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "cluster node listens");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .arg("--cluster-yes")
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "the cluster forms");
+        let cluster = RedisCluster { nodes, ports, dir };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &cluster.ports[0].to_string(), "cluster", "info"])
+                .output()
+                .expect("redis-cli runs");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster becomes ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}", self.ports[0])
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            child.kill().ok();
+            child.wait().ok();
+        }
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_sharded_pub_sub_carries_every_push_across_replicas() {
+    let db = TestDb::create(Backend::Mysql).await;
+    let cluster = RedisCluster::start();
+    let start = |node: &'static str| {
+        let mut config = Config::for_database(db.url());
+        config.redis_url = Some(cluster.url());
+        config.node_id = Some(node.into());
+        async move {
+            let app = Application::build(config)
+                .await
+                .expect("replica on a Redis Cluster");
+            Replica {
+                port: app.port(),
+                shutdown: app.shutdown_handle(),
+                task: Some(tokio::spawn(app.run_until_stopped())),
+            }
+        }
+    };
+    let a = start("node-a").await;
+    let b = start("node-b").await;
+    let ann = register(a.port, "ann").await;
+    let bob = register(b.port, "bob").await;
+    let (mut ann_a, _) = login(a.port, ann, "ann").await;
+    ann_a.add_friend(bob).await;
+    let (mut bob_b, _) = login(b.port, bob, "bob").await;
+    presence(&mut ann_a, bob, "online").await;
+    ann_a.chat_ok(bob, "over shards").await;
+    assert_eq!(bob_b.next_push(6).await["msg"], "over shards");
+    let gid = ann_a.create_group("sharded", "").await["id"]
+        .as_i64()
+        .expect("gid");
+    bob_b.join_group(gid).await;
+    bob_b.group_chat_ok(gid, "group over shards").await;
+    assert_eq!(ann_a.next_push(10).await["msg"], "group over shards");
+    bob_b.close().await;
+    presence(&mut ann_a, bob, "offline").await;
+    ann_a.close().await;
+    a.stop().await;
+    b.stop().await;
+    drop(cluster);
+    db.destroy().await;
+}
