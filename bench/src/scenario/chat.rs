@@ -1,0 +1,285 @@
+//! `chat`: P pairs of users, each sending 1:1 messages to its partner (partners on different
+//! replicas when several URLs are given). Figures: delivered msgs/s, ack and delivery latency
+//! (p50/p99/p999), lost (acked but never delivered), duplicates; with `--baseline`, the same
+//! run against the built-in relay and the server's throughput as a ratio of it.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::cli::ChatArgs;
+use crate::histogram::{Histogram, Latency};
+use crate::net::Target;
+use crate::procfs::CpuSplit;
+use crate::progress::Progress;
+use crate::relay;
+use crate::report::{Outcome, thousands};
+use crate::scenario::peer::{self, Dest, Pace, Plan};
+use crate::scenario::{Ctx, Timeline, coordinate, per_sec};
+use crate::setup;
+
+/// Figures of one chat run.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ChatResult {
+    /// Users (2 × pairs).
+    pub users: usize,
+    /// Pushes received per second during the measured window.
+    pub delivered_per_sec: f64,
+    /// Acks received per second during the measured window.
+    pub acked_per_sec: f64,
+    /// Messages sent in the whole run.
+    pub sent: u64,
+    /// Acked with errno 0.
+    pub acked: u64,
+    /// Answered with an error (e.g. 429, 503).
+    pub rejected: u64,
+    /// Never acked by the end of the drain.
+    pub unacked: u64,
+    /// Pushes received.
+    pub delivered: u64,
+    /// Acked but never delivered.
+    pub lost: u64,
+    /// Delivered more than once.
+    pub duplicates: u64,
+    /// RESYNC_MSG pushes received.
+    pub resyncs: u64,
+    /// Connections that failed during the run.
+    pub disconnected: u64,
+    /// Whether every ack and delivery arrived before the drain deadline.
+    pub drained: bool,
+    /// Send → ack.
+    pub ack: Latency,
+    /// Send → delivery to the partner.
+    pub delivery: Latency,
+    /// A few error replies, for the curious.
+    pub errors: Vec<String>,
+    /// CPU split during the window.
+    pub cpu: CpuSplit,
+}
+
+/// The `chat` scenario (and, with `--baseline`, the same against the relay).
+pub async fn run(ctx: &Ctx, args: &ChatArgs) -> anyhow::Result<Outcome> {
+    let server = run_once(ctx, args, &[]).await?;
+    let mut rows = rows_of(&server, "");
+    let mut result = json!({ "server": server });
+    let cpu = Some(server.cpu.clone());
+
+    let baseline = if let Some(url) = &args.baseline_url {
+        let target = Target::resolve(url).await?;
+        Some(run_once(&ctx.with_targets(vec![target], "r"), args, &[]).await?)
+    } else if args.baseline {
+        let mut child = relay::spawn_child().await?;
+        let target = Target::resolve(&child.url).await?;
+        let pid = child.pid;
+        let outcome = run_once(&ctx.with_targets(vec![target], "r"), args, &[pid]).await;
+        child.stop().await;
+        Some(outcome?)
+    } else {
+        None
+    };
+    if let Some(base) = baseline {
+        let ratio = if base.delivered_per_sec > 0.0 {
+            server.delivered_per_sec / base.delivered_per_sec
+        } else {
+            0.0
+        };
+        rows.push(("".into(), "".into()));
+        rows.extend(rows_of(&base, "baseline relay: "));
+        rows.push((
+            "server / baseline".into(),
+            format!(
+                "{:.0}% ({} of {} msgs/s)",
+                ratio * 100.0,
+                thousands(server.delivered_per_sec),
+                thousands(base.delivered_per_sec)
+            ),
+        ));
+        result["baseline"] = json!(base);
+        result["ratio"] = json!(ratio);
+    } else {
+        rows.push((
+            "server / baseline".into(),
+            "n/a (run with --baseline)".into(),
+        ));
+    }
+    Ok(Outcome {
+        params: json!({
+            "pairs": args.pairs, "size": args.size, "rate": args.rate, "window": args.window,
+            "mode": if args.rate > 0.0 { "open-loop" } else { "closed-loop" },
+            "duration": ctx.common.duration, "warmup": ctx.common.warmup,
+        }),
+        result,
+        rows,
+        cpu,
+    })
+}
+
+fn rows_of(r: &ChatResult, label: &str) -> Vec<(String, String)> {
+    let mut rows = vec![
+        (
+            format!("{label}delivered"),
+            per_sec(r.delivered_per_sec, "msgs"),
+        ),
+        (format!("{label}acked"), per_sec(r.acked_per_sec, "msgs")),
+        (format!("{label}ack p50/p99/p999/max"), r.ack.cell()),
+        (
+            format!("{label}delivery p50/p99/p999/max"),
+            r.delivery.cell(),
+        ),
+        (
+            format!("{label}sent / acked / delivered"),
+            format!("{} / {} / {}", r.sent, r.acked, r.delivered),
+        ),
+        (
+            format!("{label}lost / duplicates"),
+            format!("{} / {}", r.lost, r.duplicates),
+        ),
+    ];
+    if !label.is_empty() {
+        rows.push((
+            format!("{label}CPU (100% = 1 core)"),
+            format!(
+                "relay {:.0}% · generator {:.0}%",
+                r.cpu.server_pct.unwrap_or(0.0),
+                r.cpu.generator_pct
+            ),
+        ));
+    }
+    if r.rejected + r.unacked + r.disconnected + r.resyncs > 0 || !r.drained {
+        rows.push((
+            format!("{label}rejected / unacked / disconnected / resyncs"),
+            format!(
+                "{} / {} / {} / {}{}",
+                r.rejected,
+                r.unacked,
+                r.disconnected,
+                r.resyncs,
+                if r.drained { "" } else { " (drain timed out)" }
+            ),
+        ));
+    }
+    rows
+}
+
+/// One chat run against `ctx.targets`.
+pub async fn run_once(
+    ctx: &Ctx,
+    args: &ChatArgs,
+    extra_pids: &[u32],
+) -> anyhow::Result<ChatResult> {
+    anyhow::ensure!(args.pairs > 0, "--pairs must be at least 1");
+    let users = args.pairs * 2;
+    let progress = Progress::new(&["registered", "logged in"]);
+    progress.spawn("chat setup", ctx.common.quiet);
+    let names: Vec<String> = (0..users).map(|i| format!("{}c{i}", ctx.prefix)).collect();
+    let ids = setup::register(ctx, &names, &progress, 0).await?;
+    let logged = setup::login(ctx, &ids, &progress, 1).await?;
+    progress.finish();
+
+    let progress = Progress::new(peer::LABELS);
+    progress.spawn("chat", ctx.common.quiet);
+    let timeline = Timeline::new(&ctx.common);
+    let period_us = if args.rate > 0.0 {
+        Some((1e6 * users as f64 / args.rate).max(1.0) as u64)
+    } else {
+        None
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(users);
+    for (i, l) in logged.into_iter().enumerate() {
+        let pace = match period_us {
+            Some(p) => Pace::Open {
+                period_us: p,
+                first_due: timeline.start + rand::random_range(0..p),
+            },
+            None => Pace::Closed,
+        };
+        let plan = Plan {
+            index: i as u32,
+            dest: Some(Dest::User(ids[i ^ 1])),
+            pace,
+            window: args.window.max(1),
+            size: args.size,
+            first_reqid: l.client.next_reqid(),
+            group: None,
+        };
+        tasks.push(tokio::spawn(peer::run(
+            l.client.into_ws(),
+            plan,
+            timeline,
+            progress.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let watch_progress = progress.clone();
+    let (cpu, drained) = coordinate(
+        timeline,
+        &ctx.common,
+        extra_pids,
+        &progress,
+        stop_tx,
+        move || {
+            let p = &watch_progress;
+            p.get(peer::SENT) == p.get(peer::ACKED) + p.get(peer::REJECTED)
+                && p.get(peer::DELIVERED) >= p.get(peer::ACKED)
+        },
+    )
+    .await;
+    let mut results = Vec::with_capacity(users);
+    for t in tasks {
+        results.push(t.await.context("a user task panicked")?);
+    }
+    progress.finish();
+    Ok(summarize(&results, &timeline, cpu, drained))
+}
+
+fn summarize(
+    results: &[peer::PeerResult],
+    timeline: &Timeline,
+    cpu: CpuSplit,
+    drained: bool,
+) -> ChatResult {
+    let mut ack = Histogram::default();
+    let mut delivery = Histogram::default();
+    let mut r = ChatResult {
+        users: results.len(),
+        drained,
+        cpu,
+        ..ChatResult::default()
+    };
+    let (mut delivered_w, mut acked_w) = (0, 0);
+    for (i, p) in results.iter().enumerate() {
+        ack.merge(&p.ack);
+        delivery.merge(&p.delivery);
+        r.sent += p.sent;
+        r.rejected += p.rejected;
+        r.unacked += p.unacked;
+        r.duplicates += p.duplicates;
+        r.resyncs += p.resyncs;
+        r.disconnected += u64::from(p.disconnected.is_some());
+        r.delivered += p.received.values().flatten().filter(|&&l| l > 0).count() as u64;
+        delivered_w += p.delivered_in_window;
+        acked_w += p.acked_in_window;
+        if r.errors.len() < 5 {
+            r.errors.extend(p.errors.iter().take(5).cloned());
+            if let Some(d) = &p.disconnected {
+                r.errors.push(format!("user {i}: {d}"));
+            }
+        }
+        let partner = &results[i ^ 1];
+        for (seq, a) in p.acked.iter().enumerate() {
+            if a.is_some() {
+                r.acked += 1;
+                if !partner.has(i as u32, seq) {
+                    r.lost += 1;
+                }
+            }
+        }
+    }
+    r.ack = ack.summary();
+    r.delivery = delivery.summary();
+    r.delivered_per_sec = delivered_w as f64 / timeline.seconds();
+    r.acked_per_sec = acked_w as f64 / timeline.seconds();
+    r
+}
