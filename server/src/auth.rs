@@ -1,23 +1,47 @@
 //! Password hashing with argon2 (per-user random salt, PHC strings), run off the async
 //! threads. Unknown users are checked against a dummy hash so that both failures take as long.
+//!
+//! Each hash needs 19 MiB; at most one hash per core runs at a time (others wait their turn), so
+//! a burst of logins cannot make the process hold gigabytes of freed hashing memory.
 
 use std::sync::{Arc, OnceLock};
+
+use tokio::sync::Semaphore;
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 
 use crate::error::ServiceError;
 
+/// Hashing slots: one per core.
+fn hashing_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
+/// Runs `work` on the blocking pool when a hashing slot is free.
+async fn hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|e| ServiceError::internal("hashing slots", &e))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ServiceError::internal("hashing task", &e))
+}
+
 /// Hashes a new password.
 pub async fn hash_password(password: String) -> Result<String, ServiceError> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|h| h.to_string())
             .map_err(|e| ServiceError::internal("hashing a password", &e))
     })
-    .await
-    .map_err(|e| ServiceError::internal("hashing task", &e))?
+    .await?
 }
 
 /// Whether `password` matches `stored` (an argon2 PHC string); `None` checks against a dummy
@@ -31,7 +55,7 @@ pub async fn verify_password(
         Some(s) => s.into(),
         None => dummy_hash(),
     };
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let ok = PasswordHash::new(&stored)
             .map(|hash| {
                 Argon2::default()
@@ -42,7 +66,6 @@ pub async fn verify_password(
         ok && known
     })
     .await
-    .map_err(|e| ServiceError::internal("verification task", &e))
 }
 
 /// A new resume token: 256 random bits, hex.

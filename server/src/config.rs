@@ -54,7 +54,7 @@ pub struct Config {
     pub outbound_queue: usize,
 
     /// Most chat messages written to the database in one transaction (group commit).
-    #[arg(long, env = "CHAT_WRITE_BATCH", default_value_t = 512)]
+    #[arg(long, env = "CHAT_WRITE_BATCH", default_value_t = 2048)]
     pub write_batch: usize,
 
     /// Maximum database connections in the pool.

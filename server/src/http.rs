@@ -17,8 +17,9 @@ use crate::{limits, telemetry, ws};
 
 /// Hard limit on one WebSocket message; past it the connection closes with 1009.
 pub const HARD_MESSAGE_LIMIT: usize = 1 << 20;
-/// Read buffer per connection: small, so idle connections cost little memory.
-const READ_BUFFER: usize = 4096;
+/// Read buffer per connection: small, so idle connections cost little memory (chat frames are
+/// a few hundred bytes; larger ones are read in several steps).
+const READ_BUFFER: usize = 1024;
 
 /// The router of one replica.
 pub fn router(state: AppState) -> Router {

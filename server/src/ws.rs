@@ -114,7 +114,7 @@ impl Connection {
                     self.last_heard = Instant::now();
                     match incoming {
                         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
-                        Some(Ok(Message::Text(text))) => self.on_text(text).await,
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text)).await,
                         Some(Ok(Message::Binary(_))) => {
                             count_in("binary");
                             let err = ServiceError::BadRequest("binary frames are not supported; send JSON text".into());
@@ -141,7 +141,7 @@ impl Connection {
             )
             .await;
         }
-        service::end_session(&self.state, &mut self.session).await;
+        Box::pin(service::end_session(&self.state, &mut self.session)).await;
     }
 
     /// Pings the client, or ends a connection silent for the idle timeout.
@@ -210,7 +210,14 @@ impl Connection {
         let timeout = Duration::from_secs(self.state.config.request_timeout.max(1));
         match request {
             Request::Chat { target, msg, txnid } => {
-                match service::submit_chat(&self.state, &self.session, target, msg, txnid).await {
+                let submitted = Box::pin(service::submit_chat(
+                    &self.state,
+                    &self.session,
+                    target,
+                    msg,
+                    txnid,
+                ));
+                match submitted.await {
                     Ok(rx) => self.in_flight.push_back(Box::pin(async move {
                         let outcome = match tokio::time::timeout(timeout, rx).await {
                             Ok(Ok(outcome)) => outcome.map(|ack| service::chat_ack_payload(&ack)),
@@ -235,7 +242,14 @@ impl Connection {
                 if matches!(other, Request::Logout) {
                     self.fresh_push_queue();
                 }
-                let handled = service::handle(&self.state, &mut self.session, &self.handle, other);
+                // Boxed: the handlers' state (login is large) lives on the heap only while one
+                // runs, instead of in every idle connection's task.
+                let handled = Box::pin(service::handle(
+                    &self.state,
+                    &mut self.session,
+                    &self.handle,
+                    other,
+                ));
                 let outcome = match tokio::time::timeout(timeout, handled).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(ServiceError::Unavailable(

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
@@ -176,18 +176,24 @@ impl Store {
 
         if !per_conv.is_empty() {
             let txn = self.db.begin().await?;
-            // Reserve seqs, conversation by conversation in id order (no deadlocks between
-            // replicas); the first statement is a write, which takes SQLite's lock up front.
+            // Reserve the seqs of every conversation of the batch in one statement (rows are
+            // locked in key order, so concurrent batches of two replicas wait rather than
+            // deadlock); the first statement is a write, which takes SQLite's lock up front.
+            let mut counts = CaseStatement::new();
             for (conv, idx) in &per_conv {
-                conversation::Entity::update_many()
-                    .col_expr(
-                        conversation::Column::LastSeq,
-                        Expr::col(conversation::Column::LastSeq).add(idx.len() as i64),
-                    )
-                    .filter(conversation::Column::Id.eq(*conv))
-                    .exec(&txn)
-                    .await?;
+                counts = counts.case(
+                    conversation::Column::Id.eq(*conv),
+                    Expr::val(idx.len() as i64),
+                );
             }
+            conversation::Entity::update_many()
+                .col_expr(
+                    conversation::Column::LastSeq,
+                    Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
+                )
+                .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
+                .exec(&txn)
+                .await?;
             let lasts: HashMap<i64, i64> = conversation::Entity::find()
                 .select_only()
                 .column(conversation::Column::Id)
@@ -360,10 +366,17 @@ impl Store {
             .await?
             .into_iter()
             .collect();
+        // Conversations with at most 200 messages above the cursor are read together, a
+        // hundred at a time; busier ones one by one, their newest 200.
+        let mut light = Vec::new();
         let mut out = Vec::new();
         for c in convs {
             let from = cursors.get(&c.id).copied().unwrap_or(0);
             if c.last_seq <= from {
+                continue;
+            }
+            if c.last_seq - from <= UNREAD_PER_CONVERSATION as i64 {
+                light.push((c.id, from));
                 continue;
             }
             let rows = message::Entity::find()
@@ -372,6 +385,22 @@ impl Store {
                 .filter(message::Column::Sender.ne(uid))
                 .order_by_desc(message::Column::Seq)
                 .limit(UNREAD_PER_CONVERSATION)
+                .all(&self.db)
+                .await?;
+            out.extend(rows);
+        }
+        for chunk in light.chunks(100) {
+            let mut above = Condition::any();
+            for (conv, from) in chunk {
+                above = above.add(
+                    Condition::all()
+                        .add(message::Column::Conv.eq(*conv))
+                        .add(message::Column::Seq.gt(*from)),
+                );
+            }
+            let rows = message::Entity::find()
+                .filter(above)
+                .filter(message::Column::Sender.ne(uid))
                 .all(&self.db)
                 .await?;
             out.extend(rows);
