@@ -246,14 +246,36 @@ impl Store {
                             .add(message::Column::Seq.between(*first, *last)),
                     );
                 }
-                let stored = message::Entity::find().filter(cond).all(&txn).await?;
-                let mut by_pos: HashMap<(i64, i64), message::Model> =
-                    stored.into_iter().map(|m| ((m.conv, m.seq), m)).collect();
+                // Only the ids are new: everything else is already here.
+                let ids: HashMap<(i64, i64), i64> = message::Entity::find()
+                    .select_only()
+                    .column(message::Column::Conv)
+                    .column(message::Column::Seq)
+                    .column(message::Column::Id)
+                    .filter(cond)
+                    .into_tuple::<(i64, i64, i64)>()
+                    .all(&txn)
+                    .await?
+                    .into_iter()
+                    .map(|(conv, seq, id)| ((conv, seq), id))
+                    .collect();
                 for (conv, first, _) in &ranges {
                     for (k, &i) in per_conv[conv].iter().enumerate() {
-                        out[i] = by_pos
-                            .remove(&(*conv, first + k as i64))
-                            .map(Written::Stored);
+                        let seq = first + k as i64;
+                        let m = &items[i];
+                        out[i] = ids.get(&(*conv, seq)).map(|&id| {
+                            Written::Stored(message::Model {
+                                id,
+                                conv: *conv,
+                                seq,
+                                sender: m.sender,
+                                toid: m.toid,
+                                groupid: m.groupid,
+                                msg: m.msg.to_owned(),
+                                sent_at: now_ms,
+                                txnid: m.txnid.map(str::to_owned),
+                            })
+                        });
                     }
                 }
             }
