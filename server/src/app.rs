@@ -135,14 +135,18 @@ impl Application {
     /// Connects and migrates the database, starts the pipeline, binds `config.listen`.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         telemetry::install_metrics();
-        let store = Store::connect(&config.database_url, config.db_pool)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to the database {}",
-                    redact(&config.database_url)
-                )
-            })?;
+        let store = Store::connect(
+            &config.database_url,
+            config.db_pool,
+            config.sqlite_sync == "full",
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the database {}",
+                redact(&config.database_url)
+            )
+        })?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

@@ -96,6 +96,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value_t = 60)]
     pub idle_timeout: u64,
 
+    /// SQLite only: `full` fsyncs every commit (a batch survives a power loss); `normal` leaves
+    /// the fsync to WAL checkpoints (a batch survives a crash or SIGKILL of the server, not a
+    /// power loss or OS crash) for lower latency under load.
+    #[arg(long, env = "CHAT_SQLITE_SYNC", default_value = "full", value_parser = ["full", "normal"])]
+    pub sqlite_sync: String,
+
     /// Seconds a request may take (database, Redis) before it is answered 503.
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value_t = 5)]
     pub request_timeout: u64,

@@ -32,17 +32,23 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `url` and brings the schema up to date.
-    pub async fn connect(url: &str, pool: u32) -> anyhow::Result<Self> {
+    /// Connects to `url` and brings the schema up to date. `fsync_every_commit` is SQLite's
+    /// `synchronous=FULL` (else `NORMAL`, still in WAL mode).
+    pub async fn connect(url: &str, pool: u32, fsync_every_commit: bool) -> anyhow::Result<Self> {
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.max_connections(pool)
             .min_connections(1)
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
-        opts.map_sqlx_sqlite_opts(|o| {
+        let synchronous = if fsync_every_commit {
+            sea_orm::sqlx::sqlite::SqliteSynchronous::Full
+        } else {
+            sea_orm::sqlx::sqlite::SqliteSynchronous::Normal
+        };
+        opts.map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(false)
         });
