@@ -7,6 +7,7 @@
 //! `CHAT_TEST_POSTGRES_URL` (defaults: root@127.0.0.1:3306, postgres@127.0.0.1:5432);
 //! `./scripts/test.sh` starts them when they are not running.
 
+#[allow(dead_code)] // each test crate uses a part of the harness
 mod common;
 mod scenarios;
 

@@ -11,13 +11,16 @@ mod common;
 mod legacy_client;
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_server::{Application, Config, ShutdownHandle};
-use common::{Backend, Client, TestDb, assert_ack, http_get, is_utc_millis_time, password_of};
+use common::{
+    Backend, Client, Redis, TestDb, assert_ack, free_port, http_get, is_utc_millis_time,
+    password_of,
+};
 use legacy_client::{Chat, LegacyClient, ORIGINAL_BUFFER, parse_chat};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -793,62 +796,6 @@ async fn the_listener_is_off_by_default_and_shutdown_closes_legacy_connections()
 
 // ---------------------------------------------------------------------------------------------
 // Across replicas: MariaDB, a private Redis, and nginx's stream module in front.
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A private `redis-server`, stopped when dropped.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut redis = Redis {
-            port: free_port(),
-            child: None,
-        };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (./scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server listens");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_and_websocket_users_on_different_replicas_chat_one_to_one_and_in_a_group() {
