@@ -15,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_server::{Application, Config, ShutdownHandle};
-use common::{Backend, Client, Redis, TestDb, array, assert_ack, free_port, http_get, password_of};
+use common::{
+    Backend, Client, Nginx, Redis, TestDb, array, assert_ack, free_port, http_get, password_of,
+};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -493,82 +495,13 @@ async fn killing_the_receivers_replica_loses_no_acked_message_and_they_turn_offl
     db.destroy().await;
 }
 
-/// nginx started from `nginx/chat.conf` with this test's ports, stopped when dropped.
-struct Nginx {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Nginx {
-    fn start(replica_ports: &[u16]) -> Nginx {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("chat-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(dir.join("temp")).expect("nginx run dir");
-        let template =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nginx/chat.conf"))
-                .expect("nginx/chat.conf exists");
-        let begin = template
-            .find("# replicas: begin\n")
-            .expect("replicas begin marker")
-            + "# replicas: begin\n".len();
-        let end = template
-            .find("        # replicas: end")
-            .expect("replicas end marker");
-        let servers: String = replica_ports
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"))
-            .collect();
-        let conf = format!("{}{}{}", &template[..begin], servers, &template[end..]).replace(
-            "listen 127.0.0.1:8000;",
-            &format!("listen 127.0.0.1:{port};"),
-        );
-        let conf_path = dir.join("chat.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx config");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx runs (./scripts/test.sh installs it)");
-        Nginx { port, dir, child }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGQUIT-like stop through nginx itself, so that its workers go too.
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
-            .arg(self.dir.join("chat.conf"))
-            .args(["-s", "stop"])
-            .stderr(Stdio::null())
-            .status()
-            .ok();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill().ok();
-        self.child.wait().ok();
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_nginx_two_clients_land_on_different_replicas_and_chat() {
     let db = TestDb::create(Backend::Mysql).await;
     let redis = Redis::start();
     let a = replica(db.url(), &redis, "node-a").await;
     let b = replica(db.url(), &redis, "node-b").await;
-    let nginx = Nginx::start(&[a.port, b.port]);
+    let nginx = Nginx::start("chat.conf", 8000, &[a.port, b.port], "").await;
     wait_healthy(nginx.port).await;
 
     let ann = register(nginx.port, "ann").await;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chat_server::{Application, Config, ShutdownHandle};
 use common::{
-    Backend, Client, Redis, TestDb, assert_ack, free_port, http_get, is_utc_millis_time,
+    Backend, Client, Nginx, Redis, TestDb, assert_ack, free_port, http_get, is_utc_millis_time,
     password_of,
 };
 use legacy_client::{Chat, LegacyClient, ORIGINAL_BUFFER, parse_chat};
@@ -1001,102 +1001,19 @@ fn stream_module_line() -> String {
     format!("load_module {};\n", module.display())
 }
 
-/// nginx started from `nginx/stream.conf` with this test's ports, stopped when dropped.
-struct NginxStream {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl NginxStream {
-    async fn start(legacy_ports: &[u16]) -> NginxStream {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("chat-nginx-stream-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("nginx run dir");
-        let template =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nginx/stream.conf"))
-                .expect("nginx/stream.conf exists");
-        let begin = template
-            .find("# replicas: begin\n")
-            .expect("replicas begin marker")
-            + "# replicas: begin\n".len();
-        let end = template
-            .find("        # replicas: end")
-            .expect("replicas end marker");
-        let servers: String = legacy_ports
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"))
-            .collect();
-        let conf = format!(
-            "{}{}{}{}",
-            stream_module_line(),
-            &template[..begin],
-            servers,
-            &template[end..]
-        )
-        .replace(
-            "listen 127.0.0.1:6000 ",
-            &format!("listen 127.0.0.1:{port} "),
-        );
-        let conf_path = dir.join("stream.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx config");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx runs (./scripts/test.sh installs it)");
-        let nginx = NginxStream { port, dir, child };
-        let deadline = Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "nginx listens (see {})",
-                nginx.dir.join("error-stream.log").display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        nginx
-    }
-}
-
-impl Drop for NginxStream {
-    fn drop(&mut self) {
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
-            .arg(self.dir.join("stream.conf"))
-            .args(["-s", "stop"])
-            .stderr(Stdio::null())
-            .status()
-            .ok();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill().ok();
-        self.child.wait().ok();
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_nginx_stream_two_original_clients_land_on_different_replicas_and_chat() {
     let db = TestDb::create(Backend::Mysql).await;
     let redis = Redis::start();
     let a = ReplicaProcess::start(db.url(), &redis, "node-a").await;
     let b = ReplicaProcess::start(db.url(), &redis, "node-b").await;
-    let nginx = NginxStream::start(&[a.legacy, b.legacy]).await;
+    let nginx = Nginx::start(
+        "stream.conf",
+        6000,
+        &[a.legacy, b.legacy],
+        &stream_module_line(),
+    )
+    .await;
 
     let mut ann = LegacyClient::connect(nginx.port).await;
     let ann_id = ann.register_ok("ann", &password_of("ann")).await;

@@ -833,3 +833,106 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// nginx started from a copy of one of `nginx/`'s configs with this test's ports, stopped (with
+/// its workers) when dropped.
+pub struct Nginx {
+    /// The port it listens on.
+    pub port: u16,
+    /// Its run folder (config copy, logs, temp files).
+    pub dir: std::path::PathBuf,
+    conf: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    /// Starts `nginx/<file>` with `prelude` prepended, its `listen 127.0.0.1:<template_port>` moved
+    /// to a free port and the servers between its "replicas" markers replaced by `upstream_ports`;
+    /// returns once it accepts connections.
+    pub async fn start(
+        file: &str,
+        template_port: u16,
+        upstream_ports: &[u16],
+        prelude: &str,
+    ) -> Nginx {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("chat-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("temp")).expect("nginx run dir");
+        let template = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../nginx")
+                .join(file),
+        )
+        .unwrap_or_else(|e| panic!("nginx/{file}: {e}"));
+        let begin_marker = "# replicas: begin\n";
+        let begin =
+            template.find(begin_marker).expect("replicas begin marker") + begin_marker.len();
+        let end = template
+            .find("        # replicas: end")
+            .expect("replicas end marker");
+        let servers: String = upstream_ports
+            .iter()
+            .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"))
+            .collect();
+        let conf = format!(
+            "{prelude}{}{servers}{}",
+            &template[..begin],
+            &template[end..]
+        )
+        .replace(
+            &format!("listen 127.0.0.1:{template_port}"),
+            &format!("listen 127.0.0.1:{port}"),
+        );
+        let conf_path = dir.join(file);
+        std::fs::write(&conf_path, conf).expect("write nginx config");
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx runs (./scripts/test.sh installs it)");
+        let nginx = Nginx {
+            port,
+            dir,
+            conf: conf_path,
+            child,
+        };
+        let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nginx listens (see the logs in {})",
+                nginx.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Stopped through nginx itself, so that its workers go too.
+        std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["-s", "stop"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill().ok();
+        self.child.wait().ok();
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
