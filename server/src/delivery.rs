@@ -162,6 +162,8 @@ impl Writer {
                 }
             }
         }
+        metrics::histogram!("chat_batch_phase_seconds", "phase" => "resolve")
+            .record(started.elapsed().as_secs_f64());
         let mut index = Vec::new();
         let mut batch = Vec::new();
         for (i, (job, dest)) in jobs.iter().zip(&resolved).enumerate() {
@@ -179,11 +181,17 @@ impl Writer {
         }
         if !batch.is_empty() {
             metrics::histogram!("chat_db_batch_size").record(batch.len() as f64);
+            let stored = Instant::now();
             let written = self.write(&batch).await;
+            metrics::histogram!("chat_batch_phase_seconds", "phase" => "store")
+                .record(stored.elapsed().as_secs_f64());
             metrics::histogram!("chat_db_batch_seconds").record(started.elapsed().as_secs_f64());
             match written {
                 Ok(written) => {
+                    let publishing = Instant::now();
                     let published = self.publish(&jobs, &index, written).await;
+                    metrics::histogram!("chat_batch_phase_seconds", "phase" => "publish")
+                        .record(publishing.elapsed().as_secs_f64());
                     for (&i, outcome) in index.iter().zip(published) {
                         outcomes[i] = Some(outcome);
                     }

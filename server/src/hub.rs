@@ -1,6 +1,8 @@
 //! The hub: this replica's live connections, by user and by group, and local delivery of
 //! pushes to them. It also counts which bus channels this replica needs (a channel is
-//! subscribed once per replica however many local users need it).
+//! subscribed once per replica however many local users need it), and caches the members of
+//! the groups it serves: an entry lives only while the group's channel is subscribed, so every
+//! change of the group reaches it as a `Members` event (see [`Hub::forget_group`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, mpsc};
 
 use crate::bus::Channel;
+use crate::store::groups::GroupInfo;
 
 /// Identifies a connection on this replica.
 pub type ConnId = u64;
@@ -50,11 +53,22 @@ struct LocalUser {
     groups: HashSet<i64>,
 }
 
+/// A group with at least one member connected here.
+#[derive(Default)]
+struct LocalGroup {
+    /// Its members connected here.
+    members: HashSet<i64>,
+    /// Its description and full member list, once loaded after the subscription was confirmed.
+    info: Option<Arc<GroupInfo>>,
+}
+
 #[derive(Default)]
 struct Inner {
     users: HashMap<i64, LocalUser>,
-    /// group id → ids of its members connected here.
-    groups: HashMap<i64, HashSet<i64>>,
+    /// group id → its members connected here, and its cached description.
+    groups: HashMap<i64, LocalGroup>,
+    /// Bumped by every invalidation: a group loaded before it is not cached.
+    epoch: u64,
 }
 
 /// What attaching or detaching a connection changed.
@@ -90,11 +104,11 @@ impl Hub {
             change.channels.push(Channel::User(user));
             for &g in groups {
                 local.groups.insert(g);
-                let members = inner.groups.entry(g).or_default();
-                if members.is_empty() {
+                let group = inner.groups.entry(g).or_default();
+                if group.members.is_empty() {
                     change.channels.push(Channel::Group(g));
                 }
-                members.insert(user);
+                group.members.insert(user);
             }
         }
         local.conns.push(conn);
@@ -117,9 +131,9 @@ impl Hub {
         change.channels.push(Channel::User(user));
         if let Some(local) = inner.users.remove(&user) {
             for g in local.groups {
-                if let Some(members) = inner.groups.get_mut(&g) {
-                    members.remove(&user);
-                    if members.is_empty() {
+                if let Some(group) = inner.groups.get_mut(&g) {
+                    group.members.remove(&user);
+                    if group.members.is_empty() {
                         inner.groups.remove(&g);
                         change.channels.push(Channel::Group(g));
                     }
@@ -137,9 +151,9 @@ impl Hub {
         if !local.groups.insert(group) {
             return None;
         }
-        let members = inner.groups.entry(group).or_default();
-        let first = members.is_empty();
-        members.insert(user);
+        let local_group = inner.groups.entry(group).or_default();
+        let first = local_group.members.is_empty();
+        local_group.members.insert(user);
         first.then_some(Channel::Group(group))
     }
 
@@ -151,9 +165,9 @@ impl Hub {
         if !local.groups.remove(&group) {
             return None;
         }
-        let members = inner.groups.get_mut(&group)?;
-        members.remove(&user);
-        if members.is_empty() {
+        let local_group = inner.groups.get_mut(&group)?;
+        local_group.members.remove(&user);
+        if local_group.members.is_empty() {
             inner.groups.remove(&group);
             return Some(Channel::Group(group));
         }
@@ -179,8 +193,8 @@ impl Hub {
                 }
             }
             Channel::Group(g) => {
-                if let Some(members) = inner.groups.get(&g) {
-                    for u in members {
+                if let Some(group) = inner.groups.get(&g) {
+                    for u in &group.members {
                         if let Some(user) = inner.users.get(u) {
                             send(user);
                         }
@@ -191,7 +205,58 @@ impl Hub {
         n
     }
 
-    /// Pushes `frame` to every local connection (e.g. RESYNC_MSG).
+    /// The cached groups among `ids` (in the order of `ids`), the ids not cached, and the epoch
+    /// to hand to [`Hub::cache_groups`] with what is loaded for them.
+    pub fn cached_groups(&self, ids: &[i64]) -> (Vec<Arc<GroupInfo>>, Vec<i64>, u64) {
+        let inner = self.lock();
+        let mut hits = Vec::with_capacity(ids.len());
+        let mut misses = Vec::new();
+        for id in ids {
+            match inner.groups.get(id).and_then(|g| g.info.clone()) {
+                Some(info) => hits.push(info),
+                None => misses.push(*id),
+            }
+        }
+        (hits, misses, inner.epoch)
+    }
+
+    /// Caches groups loaded from the database after `epoch` was read. Only call this once the
+    /// channels of these groups are confirmed subscribed. Nothing is kept if anything was
+    /// invalidated since `epoch`, nor for groups no local member needs any more.
+    pub fn cache_groups(&self, loaded: &[Arc<GroupInfo>], epoch: u64) {
+        let mut inner = self.lock();
+        if inner.epoch != epoch {
+            return;
+        }
+        for info in loaded {
+            if let Some(group) = inner.groups.get_mut(&info.id) {
+                group.info = Some(info.clone());
+            }
+        }
+    }
+
+    /// Drops the cached members of `group` (they changed).
+    pub fn forget_group(&self, group: i64) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        if let Some(g) = inner.groups.get_mut(&group) {
+            g.info = None;
+        }
+    }
+
+    /// Pushes RESYNC_MSG to every local connection and drops every cached group: events may
+    /// have been missed.
+    pub fn resync(&self, frame: &Arc<str>) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        for g in inner.groups.values_mut() {
+            g.info = None;
+        }
+        drop(inner);
+        self.broadcast(frame);
+    }
+
+    /// Pushes `frame` to every local connection.
     pub fn broadcast(&self, frame: &Arc<str>) {
         let inner = self.lock();
         for user in inner.users.values() {
@@ -285,6 +350,54 @@ mod tests {
         assert_eq!(hub.deliver(Channel::Group(7), &frame, None), 3);
         assert_eq!(hub.left(11, 7), None);
         assert_eq!(hub.left(10, 7), Some(Channel::Group(7)));
+    }
+
+    fn group(id: i64, members: &[i64]) -> Arc<GroupInfo> {
+        Arc::new(GroupInfo {
+            id,
+            groupname: format!("g{id}"),
+            groupdesc: String::new(),
+            members: members
+                .iter()
+                .map(|&m| crate::store::groups::Member {
+                    id: m,
+                    name: Arc::from(format!("u{m}")),
+                    role: "normal".into(),
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn groups_are_cached_only_while_served_and_until_invalidated() {
+        let hub = Hub::default();
+        let (a, _ra) = conn(1);
+        hub.attach(10, a, &[7, 8]);
+        let (hits, misses, epoch) = hub.cached_groups(&[7, 8, 9]);
+        assert!(hits.is_empty());
+        assert_eq!(misses, vec![7, 8, 9]);
+        // 9 has no local member: not kept.
+        hub.cache_groups(&[group(7, &[10]), group(8, &[10]), group(9, &[10])], epoch);
+        let (hits, misses, epoch) = hub.cached_groups(&[9, 8, 7]);
+        assert_eq!(hits, vec![group(8, &[10]), group(7, &[10])]);
+        assert_eq!(misses, vec![9]);
+        // A change of 7 drops it, and a load that started before the change is not kept.
+        hub.forget_group(7);
+        hub.cache_groups(&[group(7, &[10])], epoch);
+        let (hits, misses, epoch) = hub.cached_groups(&[7, 8]);
+        assert_eq!((hits.len(), misses), (1, vec![7]));
+        hub.cache_groups(&[group(7, &[10, 11])], epoch);
+        assert_eq!(hub.cached_groups(&[7]).0, vec![group(7, &[10, 11])]);
+        // Leaving the replica drops the entry with the subscription.
+        hub.detach(10, 1);
+        let (b, _rb) = conn(2);
+        hub.attach(10, b, &[7]);
+        assert_eq!(hub.cached_groups(&[7]).1, vec![7]);
+        // RESYNC drops everything.
+        let epoch = hub.cached_groups(&[7]).2;
+        hub.cache_groups(&[group(7, &[10])], epoch);
+        hub.resync(&Arc::from("r"));
+        assert_eq!(hub.cached_groups(&[7]).1, vec![7]);
     }
 
     #[test]

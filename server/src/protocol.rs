@@ -700,10 +700,55 @@ pub fn chat_frame(m: &message::Model, name: &str) -> String {
 
 /// Formats a millisecond timestamp as RFC 3339 UTC with milliseconds and `Z`.
 pub fn format_time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    let Ok(year) = u32::try_from(t.year()) else {
+        return t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    };
+    if year > 9999 {
+        return t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    }
+    // Hand-written: this runs twice per chat message (push and ack), and chrono's format
+    // string is parsed anew on every call.
+    let mut out = String::with_capacity(24);
+    let mut digits = |n: u32, width: u32, sep: char| {
+        for k in (0..width).rev() {
+            let d = (n / 10u32.pow(k)) % 10;
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push(sep);
+    };
+    digits(year, 4, '-');
+    digits(t.month(), 2, '-');
+    digits(t.day(), 2, 'T');
+    digits(t.hour(), 2, ':');
+    digits(t.minute(), 2, ':');
+    digits(t.second(), 2, '.');
+    digits(t.timestamp_subsec_millis().min(999), 3, 'Z');
+    out
+}
+
+/// The ACK_MSG of an accepted chat send (msgid 6 or 10), written directly: it is the hot path.
+/// Same text as the generic reply (keys in the same, sorted, order).
+pub fn chat_ack_frame(
+    ackof: i64,
+    reqid: Option<i64>,
+    message_id: i64,
+    seq: i64,
+    time_ms: i64,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(128);
+    let _ = write!(
+        out,
+        r#"{{"ackof":{ackof},"errmsg":"","errno":0,"message_id":{message_id},"msgid":{}"#,
+        msgid::ACK
+    );
+    if let Some(r) = reqid {
+        let _ = write!(out, r#","reqid":{r}"#);
+    }
+    let _ = write!(out, r#","seq":{seq},"time":"{}"}}"#, format_time(time_ms));
+    out
 }
 
 #[cfg(test)]
@@ -982,6 +1027,20 @@ mod tests {
     }
 
     #[test]
+    fn chat_ack_frame_is_the_generic_reply() {
+        for reqid in [None, Some(21), Some(-7)] {
+            let mut generic = reply_head(msgid::GROUP_CHAT, reqid, 0, "");
+            generic.insert("message_id".into(), 42.into());
+            generic.insert("seq".into(), 7.into());
+            generic.insert("time".into(), format_time(1_795_756_224_123).into());
+            assert_eq!(
+                chat_ack_frame(msgid::GROUP_CHAT, reqid, 42, 7, 1_795_756_224_123),
+                Value::Object(generic).to_string()
+            );
+        }
+    }
+
+    #[test]
     fn only_client_requests_are_requests() {
         for id in [1, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18] {
             assert!(is_client_request(id));
@@ -1010,5 +1069,20 @@ mod tests {
     fn times_are_rfc3339_utc_with_millis() {
         assert_eq!(format_time(1_795_756_224_123), "2026-11-27T05:10:24.123Z");
         assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        for ms in [
+            1,
+            999,
+            86_399_999,
+            951_782_400_000,
+            4_102_444_799_999,
+            -1,
+            -86_400_001,
+        ] {
+            let chrono_text = chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap_or_default()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
+            assert_eq!(format_time(ms), chrono_text, "{ms}");
+        }
     }
 }

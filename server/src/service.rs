@@ -15,7 +15,7 @@ use crate::delivery::{ChatAck, ChatJob};
 use crate::error::{ServiceError, StoreError};
 use crate::hub::{ConnHandle, ConnId};
 use crate::limits::{self, LoginVerdict};
-use crate::protocol::{ChatView, HistoryPage, LoginId, Request, Secret, Target, format_time};
+use crate::protocol::{ChatView, HistoryPage, LoginId, Request, Secret, Target};
 use crate::store::accounts::UserRow;
 use crate::store::groups::{GroupInfo, JoinOutcome, QuitOutcome};
 
@@ -95,7 +95,9 @@ pub async fn handle(
         Request::QuitGroup { groupid } => quit_group(state, session.user()?, groupid).await,
         Request::GroupList => {
             let me = session.user()?;
-            let groups = state.store.groups_of(me.id).await?;
+            let ids = state.store.group_ids_of(me.id).await?;
+            // Not kept: a group joined a moment ago may not be subscribed yet.
+            let groups = groups_info(state, &ids, false).await?;
             Ok(payload("groups", groups_json(state, &groups).await))
         }
         Request::GroupMembers { groupid } => {
@@ -140,15 +142,6 @@ pub async fn submit_chat(
         })
         .await;
     Ok(rx)
-}
-
-/// The payload of a chat ack.
-pub fn chat_ack_payload(ack: &ChatAck) -> Payload {
-    let mut p = Payload::with_capacity(3);
-    p.insert("message_id".into(), ack.message_id.into());
-    p.insert("seq".into(), ack.seq.into());
-    p.insert("time".into(), format_time(ack.time_ms).into());
-    p
 }
 
 /// Logs the connection out (LOGINOUT_MSG or disconnect): unregisters it, and announces the
@@ -252,7 +245,13 @@ async fn login(
     session.user = Some(me.clone());
     session.token_hash = Some(token_hash);
     metrics::gauge!("chat_logged_in_sessions").increment(1.0);
-    if let Err(e) = state.bus.sync(&change.channels).await {
+    // Every channel of the user, not only the newly needed ones: when this returns, all are
+    // subscribed (also one another path asked for a moment ago), so the groups loaded below
+    // may be cached.
+    let channels: Vec<Channel> = std::iter::once(Channel::User(me.id))
+        .chain(group_ids.iter().map(|&g| Channel::Group(g)))
+        .collect();
+    if let Err(e) = state.bus.sync(&channels).await {
         end_session(state, session).await;
         return Err(ServiceError::Unavailable(e.to_string()));
     }
@@ -279,7 +278,7 @@ async fn login_payload(
     group_ids: &[i64],
 ) -> Result<(Payload, HashSet<i64>), ServiceError> {
     let friends = state.store.friends(me.id).await?;
-    let groups = state.store.groups_info(group_ids).await?;
+    let groups = groups_info(state, group_ids, true).await?;
     let recipients: HashSet<i64> = friends
         .iter()
         .map(|f| f.id)
@@ -379,7 +378,7 @@ async fn join_group(
     groupid: i64,
 ) -> Result<Payload, ServiceError> {
     match state.store.join_group(groupid, me.id).await? {
-        JoinOutcome::Joined => {}
+        JoinOutcome::Joined => members_changed(state, groupid).await,
         JoinOutcome::AlreadyMember => {
             return Err(ServiceError::Conflict(
                 "you are already a member of this group".into(),
@@ -397,12 +396,49 @@ async fn quit_group(
     groupid: i64,
 ) -> Result<Payload, ServiceError> {
     match state.store.quit_group(groupid, me.id).await? {
-        QuitOutcome::Left { .. } => {}
+        QuitOutcome::Left { .. } => members_changed(state, groupid).await,
         QuitOutcome::NotMember => return Err(not_member()),
         QuitOutcome::NoSuchGroup => return Err(no_such_group(groupid)),
     }
     announce_membership(state, me.id, BusEvent::Left { group: groupid }).await;
     Ok(Payload::new())
+}
+
+/// Drops the cached members of `group` here and on every replica serving it.
+async fn members_changed(state: &AppState, group: i64) {
+    state.hub.forget_group(group);
+    if let Err(e) = state
+        .bus
+        .publish(Channel::Group(group), BusEvent::Members { group })
+        .await
+    {
+        tracing::warn!(group, "member change not published: {e}");
+    }
+}
+
+/// The groups `ids` that exist, by id, from this replica's cache where it has them. `keep`:
+/// the channels of these groups are confirmed subscribed, so what is loaded may be cached.
+async fn groups_info(
+    state: &AppState,
+    ids: &[i64],
+    keep: bool,
+) -> Result<Vec<Arc<GroupInfo>>, ServiceError> {
+    let (mut groups, misses, epoch) = state.hub.cached_groups(ids);
+    if !misses.is_empty() {
+        let loaded: Vec<Arc<GroupInfo>> = state
+            .store
+            .groups_info(&misses)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        if keep {
+            state.hub.cache_groups(&loaded, epoch);
+        }
+        groups.extend(loaded);
+    }
+    groups.sort_unstable_by_key(|g| g.id);
+    Ok(groups)
 }
 
 /// Tells every replica with a connection of `user` that its groups changed.
@@ -420,16 +456,19 @@ async fn group_payload(state: &AppState, gid: i64) -> Result<Payload, ServiceErr
         .ok_or_else(|| no_such_group(gid))?;
     Ok(payload(
         "group",
-        groups_json(state, &[group]).await[0].take(),
+        groups_json(state, &[Arc::new(group)]).await[0].take(),
     ))
 }
 
 /// The group, if `uid` is a member (404 / 403 otherwise).
-async fn member_group(state: &AppState, uid: i64, gid: i64) -> Result<GroupInfo, ServiceError> {
-    let group = state
-        .store
-        .group_info(gid)
+async fn member_group(
+    state: &AppState,
+    uid: i64,
+    gid: i64,
+) -> Result<Arc<GroupInfo>, ServiceError> {
+    let group = groups_info(state, &[gid], false)
         .await?
+        .pop()
         .ok_or_else(|| no_such_group(gid))?;
     if !group.members.iter().any(|m| m.id == uid) {
         return Err(not_member());
@@ -549,7 +588,7 @@ fn members_json(group: &GroupInfo, online: &HashSet<i64>) -> Value {
     )
 }
 
-async fn groups_json(state: &AppState, groups: &[GroupInfo]) -> Value {
+async fn groups_json(state: &AppState, groups: &[Arc<GroupInfo>]) -> Value {
     let ids: Vec<i64> = groups
         .iter()
         .flat_map(|g| g.members.iter().map(|m| m.id))

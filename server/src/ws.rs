@@ -23,6 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::app::AppState;
+use crate::delivery::ChatAck;
 use crate::error::ServiceError;
 use crate::hub::ConnHandle;
 use crate::limits::{self, TokenBucket};
@@ -220,7 +221,8 @@ impl Connection {
                 match submitted.await {
                     Ok(rx) => self.in_flight.push_back(Box::pin(async move {
                         let outcome = match tokio::time::timeout(timeout, rx).await {
-                            Ok(Ok(outcome)) => outcome.map(|ack| service::chat_ack_payload(&ack)),
+                            Ok(Ok(Ok(ack))) => return chat_ack_text(id, reqid, &ack),
+                            Ok(Ok(Err(e))) => Err(e),
                             Ok(Err(_)) => Err(ServiceError::Unavailable(
                                 "the message pipeline stopped".into(),
                             )),
@@ -383,6 +385,12 @@ pub fn reply_text(
     let mut head = protocol::reply_head(request_msgid, reqid, errno, &errmsg);
     head.extend(payload);
     Value::Object(head).to_string()
+}
+
+/// The ack of a stored and published chat message.
+fn chat_ack_text(request_msgid: i64, reqid: Option<i64>, ack: &ChatAck) -> String {
+    metrics::counter!("chat_replies_total", "errno" => "0").increment(1);
+    protocol::chat_ack_frame(request_msgid, reqid, ack.message_id, ack.seq, ack.time_ms)
 }
 
 /// ERROR_MSG for a frame that is not a request.

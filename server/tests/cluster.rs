@@ -274,6 +274,79 @@ async fn logging_out_on_one_replica_and_in_on_the_other_moves_the_user() {
     db.destroy().await;
 }
 
+/// Ids of the members in a group object of a login reply or an ack.
+fn member_ids(group: &Value) -> Vec<i64> {
+    array(&group["users"])
+        .iter()
+        .filter_map(|m| m["id"].as_i64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_cached_by_one_replica_follow_joins_and_quits_on_the_other() {
+    let db = TestDb::create(Backend::Mysql).await;
+    let redis = Redis::start();
+    let a = replica(db.url(), &redis, "node-a").await;
+    let b = replica(db.url(), &redis, "node-b").await;
+    let ann = register(a.port, "ann").await;
+    let bob = register(b.port, "bob").await;
+    let (mut ann_1, _) = login(a.port, ann, "ann").await;
+    let gid = ann_1.create_group("cached", "").await["id"]
+        .as_i64()
+        .expect("group id");
+    // A login on a, now that ann is a member, makes a cache the group.
+    let (mut ann_2, reply) = login(a.port, ann, "ann").await;
+    assert_eq!(member_ids(&array(&reply["groups"])[0]), vec![ann]);
+
+    // bob joins on b: a's copy must not outlive the change.
+    let (mut bob_b, _) = login(b.port, bob, "bob").await;
+    bob_b.join_group(gid).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (ann_3, reply) = login(a.port, ann, "ann").await;
+        let members = member_ids(&array(&reply["groups"])[0]);
+        ann_3.close().await;
+        if members == vec![ann, bob] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's login reply shows bob as a member: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ack = ann_2.request(json!({"msgid": 16, "groupid": gid})).await;
+    assert_ack(&ack, 16, 0);
+    assert_eq!(member_ids(&json!({"users": ack["users"]})), vec![ann, bob]);
+
+    // bob leaves on b: gone from what a answers, once the event has crossed.
+    let ack = bob_b.request(json!({"msgid": 13, "groupid": gid})).await;
+    assert_ack(&ack, 13, 0);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let ack = ann_2.request(json!({"msgid": 15})).await;
+        assert_ack(&ack, 15, 0);
+        let members = member_ids(&array(&ack["groups"])[0]);
+        if members == vec![ann] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's group list drops bob: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ann_4, reply) = login(a.port, ann, "ann").await;
+    assert_eq!(member_ids(&array(&reply["groups"])[0]), vec![ann]);
+
+    for c in [ann_1, ann_2, ann_4, bob_b] {
+        c.close().await;
+    }
+    a.stop().await;
+    b.stop().await;
+    db.destroy().await;
+}
+
 /// Sends with a txnid until acked (a 503 is retried with the same txnid); returns the ack.
 async fn send_until_acked(client: &mut Client, request: Value) -> Value {
     let deadline = Instant::now() + PATIENCE;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::LoginArgs;
@@ -242,6 +242,20 @@ enum How {
     Token(String, Ctx, usize),
 }
 
+/// What the generator checks in a login reply: the errno and how many entries each list has
+/// (counted without building them: the reply is tens of kilobytes).
+#[derive(Debug, Default, serde::Deserialize)]
+struct LoginReply {
+    #[serde(default)]
+    errno: Option<i64>,
+    #[serde(default)]
+    offlinemsg: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    friends: Vec<serde::de::IgnoredAny>,
+    #[serde(default)]
+    groups: Vec<serde::de::IgnoredAny>,
+}
+
 /// Logs user `id` in and out until the window ends.
 async fn worker(
     how: How,
@@ -288,8 +302,8 @@ async fn worker(
         };
         reqid += 1;
         let done = now_us();
-        let parsed: Value = serde_json::from_str(&reply).unwrap_or_default();
-        if parsed["errno"].as_i64() != Some(0) {
+        let parsed: LoginReply = serde_json::from_str(&reply).unwrap_or_default();
+        if parsed.errno != Some(0) {
             w.rejected += 1;
             progress.add(REJECTED, 1);
             if w.errors.len() < 3 {
@@ -298,18 +312,16 @@ async fn worker(
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         }
-        let len = |k: &str| parsed[k].as_array().map_or(0, Vec::len);
-        if len("offlinemsg") != expect.unread
-            || len("friends") != expect.friends
-            || len("groups") != expect.groups
-        {
+        let (unread, friends, groups) = (
+            parsed.offlinemsg.len(),
+            parsed.friends.len(),
+            parsed.groups.len(),
+        );
+        if unread != expect.unread || friends != expect.friends || groups != expect.groups {
             w.incomplete += 1;
             if w.errors.len() < 3 {
                 w.errors.push(format!(
-                    "login reply with {} unread, {} friends, {} groups",
-                    len("offlinemsg"),
-                    len("friends"),
-                    len("groups")
+                    "login reply with {unread} unread, {friends} friends, {groups} groups"
                 ));
             }
         }

@@ -71,10 +71,16 @@ pub enum BusEvent {
         /// The group.
         group: i64,
     },
+    /// On a group channel: its members changed (replicas drop their cached copy).
+    Members {
+        /// The group.
+        group: i64,
+    },
 }
 
 impl BusEvent {
-    /// The wire form on Redis: `P\n<node>\n<conn>\n<frame>`, `J\n<group>` or `L\n<group>`.
+    /// The wire form on Redis: `P\n<node>\n<conn>\n<frame>`, `J\n<group>`, `L\n<group>` or
+    /// `M\n<group>`.
     pub fn encode(&self) -> String {
         match self {
             BusEvent::Push { frame, skip } => {
@@ -90,6 +96,7 @@ impl BusEvent {
             }
             BusEvent::Joined { group } => format!("J\n{group}"),
             BusEvent::Left { group } => format!("L\n{group}"),
+            BusEvent::Members { group } => format!("M\n{group}"),
         }
     }
 
@@ -113,6 +120,9 @@ impl BusEvent {
                 group: parts.next()?.parse().ok()?,
             }),
             "L" => Some(BusEvent::Left {
+                group: parts.next()?.parse().ok()?,
+            }),
+            "M" => Some(BusEvent::Members {
                 group: parts.next()?.parse().ok()?,
             }),
             _ => None,
@@ -225,6 +235,7 @@ impl Bus {
                     self.sync_later(ch);
                 }
             }
+            (BusEvent::Members { group }, Channel::Group(_)) => self.hub.forget_group(group),
             (event, channel) => tracing::warn!("ignored {event:?} on {channel:?}"),
         }
     }
@@ -272,6 +283,7 @@ mod tests {
             },
             BusEvent::Joined { group: 5 },
             BusEvent::Left { group: 6 },
+            BusEvent::Members { group: 7 },
         ];
         for e in events {
             assert_eq!(BusEvent::decode(&e.encode()), Some(e));

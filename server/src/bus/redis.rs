@@ -132,7 +132,7 @@ impl RedisBus {
                             missed,
                             "bus receiver fell behind: RESYNC to every connection"
                         );
-                        hub.broadcast(&resync_frame());
+                        hub.resync(&resync_frame());
                     }
                     Err(RecvError::Closed) => break,
                 }
@@ -257,7 +257,7 @@ async fn subscription_task(bus: Arc<RedisBus>, mut ops: mpsc::UnboundedReceiver<
                         channels = names.len(),
                         "resubscribed: RESYNC to every connection"
                     );
-                    bus.hub.broadcast(&resync_frame());
+                    bus.hub.resync(&resync_frame());
                 }
             }
         }

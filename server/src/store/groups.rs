@@ -138,12 +138,6 @@ impl Store {
             .await?)
     }
 
-    /// The groups `uid` belongs to, with their members.
-    pub async fn groups_of(&self, uid: i64) -> Result<Vec<GroupInfo>, StoreError> {
-        let ids = self.group_ids_of(uid).await?;
-        self.groups_info(&ids).await
-    }
-
     /// One group with its members.
     pub async fn group_info(&self, gid: i64) -> Result<Option<GroupInfo>, StoreError> {
         Ok(self.groups_info(&[gid]).await?.pop())

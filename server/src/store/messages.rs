@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 use super::Store;
@@ -16,6 +17,9 @@ use crate::protocol::HistoryPage;
 
 /// Unread messages per conversation offered at login.
 pub const UNREAD_PER_CONVERSATION: u64 = 200;
+
+/// Rows per INSERT statement of a batch (8 parameters each, well under every database's limit).
+const INSERT_CHUNK: usize = 400;
 
 /// A message to store, its conversation already resolved.
 #[derive(Debug, Clone)]
@@ -205,6 +209,8 @@ impl Store {
                 .into_iter()
                 .collect();
             let mut rows = Vec::with_capacity(items.len());
+            // (conv, seq) of each row, in insertion order.
+            let mut keys = Vec::with_capacity(items.len());
             let mut ranges = Vec::new();
             for (conv, idx) in &per_conv {
                 let Some(last) = lasts.get(conv) else {
@@ -217,6 +223,7 @@ impl Store {
                 ranges.push((*conv, first, *last));
                 for (k, &i) in idx.iter().enumerate() {
                     let m = &items[i];
+                    keys.push((*conv, first + k as i64));
                     rows.push(message::ActiveModel {
                         id: NotSet,
                         conv: Set(*conv),
@@ -230,53 +237,24 @@ impl Store {
                     });
                 }
             }
-            let mut rows = rows.into_iter().peekable();
-            while rows.peek().is_some() {
-                let chunk: Vec<_> = rows.by_ref().take(400).collect();
-                message::Entity::insert_many(chunk)
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
-            if !ranges.is_empty() {
-                let mut cond = Condition::any();
-                for (conv, first, last) in &ranges {
-                    cond = cond.add(
-                        Condition::all()
-                            .add(message::Column::Conv.eq(*conv))
-                            .add(message::Column::Seq.between(*first, *last)),
-                    );
-                }
-                // Only the ids are new: everything else is already here.
-                let ids: HashMap<(i64, i64), i64> = message::Entity::find()
-                    .select_only()
-                    .column(message::Column::Conv)
-                    .column(message::Column::Seq)
-                    .column(message::Column::Id)
-                    .filter(cond)
-                    .into_tuple::<(i64, i64, i64)>()
-                    .all(&txn)
-                    .await?
-                    .into_iter()
-                    .map(|(conv, seq, id)| ((conv, seq), id))
-                    .collect();
-                for (conv, first, _) in &ranges {
-                    for (k, &i) in per_conv[conv].iter().enumerate() {
-                        let seq = first + k as i64;
-                        let m = &items[i];
-                        out[i] = ids.get(&(*conv, seq)).map(|&id| {
-                            Written::Stored(message::Model {
-                                id,
-                                conv: *conv,
-                                seq,
-                                sender: m.sender,
-                                toid: m.toid,
-                                groupid: m.groupid,
-                                msg: m.msg.to_owned(),
-                                sent_at: now_ms,
-                                txnid: m.txnid.map(str::to_owned),
-                            })
-                        });
-                    }
+            let ids = self.insert_messages(&txn, rows, &keys, &ranges).await?;
+            for (conv, first, _) in &ranges {
+                for (k, &i) in per_conv[conv].iter().enumerate() {
+                    let seq = first + k as i64;
+                    let m = &items[i];
+                    out[i] = ids.get(&(*conv, seq)).map(|&id| {
+                        Written::Stored(message::Model {
+                            id,
+                            conv: *conv,
+                            seq,
+                            sender: m.sender,
+                            toid: m.toid,
+                            groupid: m.groupid,
+                            msg: m.msg.to_owned(),
+                            sent_at: now_ms,
+                            txnid: m.txnid.map(str::to_owned),
+                        })
+                    });
                 }
             }
             txn.commit().await?;
@@ -297,6 +275,70 @@ impl Store {
         Ok(out
             .into_iter()
             .map(|w| w.unwrap_or(Written::Gone))
+            .collect())
+    }
+
+    /// Inserts `rows` (whose (conv, seq) are `keys`, covering `ranges`) and returns the id of
+    /// each (conv, seq). On SQLite the writer holds the database's only write lock, so the rows
+    /// of one multi-row INSERT get consecutive rowids ending at `last_insert_rowid()`; the other
+    /// databases give no such promise, so the ids are read back.
+    async fn insert_messages(
+        &self,
+        txn: &DatabaseTransaction,
+        rows: Vec<message::ActiveModel>,
+        keys: &[(i64, i64)],
+        ranges: &[(i64, i64, i64)],
+    ) -> Result<HashMap<(i64, i64), i64>, StoreError> {
+        let sqlite = self.backend() == DatabaseBackend::Sqlite;
+        let mut ids = HashMap::with_capacity(keys.len());
+        let mut rows = rows.into_iter().peekable();
+        let mut keys = keys.iter();
+        while rows.peek().is_some() {
+            let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
+            let n = chunk.len();
+            if !sqlite {
+                message::Entity::insert_many(chunk)
+                    .exec_without_returning(txn)
+                    .await?;
+                continue;
+            }
+            let done = txn
+                .execute(&message::Entity::insert_many(chunk).into_query())
+                .await?;
+            if done.rows_affected() != n as u64 {
+                return Err(StoreError::Other(sea_orm::DbErr::Custom(format!(
+                    "inserted {} of {n} messages",
+                    done.rows_affected()
+                ))));
+            }
+            let last = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
+            for (k, key) in keys.by_ref().take(n).enumerate() {
+                ids.insert(*key, last - (n - 1 - k) as i64);
+            }
+        }
+        if sqlite || ranges.is_empty() {
+            return Ok(ids);
+        }
+        let mut cond = Condition::any();
+        for (conv, first, last) in ranges {
+            cond = cond.add(
+                Condition::all()
+                    .add(message::Column::Conv.eq(*conv))
+                    .add(message::Column::Seq.between(*first, *last)),
+            );
+        }
+        // Only the ids are new: everything else is already known.
+        Ok(message::Entity::find()
+            .select_only()
+            .column(message::Column::Conv)
+            .column(message::Column::Seq)
+            .column(message::Column::Id)
+            .filter(cond)
+            .into_tuple::<(i64, i64, i64)>()
+            .all(txn)
+            .await?
+            .into_iter()
+            .map(|(conv, seq, id)| ((conv, seq), id))
             .collect())
     }
 

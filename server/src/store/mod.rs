@@ -51,6 +51,7 @@ impl Store {
                 .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(false)
+                .row_buffer_size(1024)
         });
         let db = Database::connect(opts).await?;
         Migrator::up(&db, None).await?;
