@@ -702,12 +702,9 @@ pub fn chat_frame(m: &message::Model, name: &str) -> String {
 pub fn format_time(ms: i64) -> String {
     use chrono::{Datelike, Timelike};
     let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
-    let Ok(year) = u32::try_from(t.year()) else {
+    let Some(year) = u32::try_from(t.year()).ok().filter(|y| *y <= 9999) else {
         return t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
     };
-    if year > 9999 {
-        return t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-    }
     // Hand-written: this runs twice per chat message (push and ack), and chrono's format
     // string is parsed anew on every call.
     let mut out = String::with_capacity(24);

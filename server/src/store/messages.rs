@@ -209,8 +209,6 @@ impl Store {
                 .into_iter()
                 .collect();
             let mut rows = Vec::with_capacity(items.len());
-            // (conv, seq) of each row, in insertion order.
-            let mut keys = Vec::with_capacity(items.len());
             let mut ranges = Vec::new();
             for (conv, idx) in &per_conv {
                 let Some(last) = lasts.get(conv) else {
@@ -223,7 +221,6 @@ impl Store {
                 ranges.push((*conv, first, *last));
                 for (k, &i) in idx.iter().enumerate() {
                     let m = &items[i];
-                    keys.push((*conv, first + k as i64));
                     rows.push(message::ActiveModel {
                         id: NotSet,
                         conv: Set(*conv),
@@ -237,7 +234,7 @@ impl Store {
                     });
                 }
             }
-            let ids = self.insert_messages(&txn, rows, &keys, &ranges).await?;
+            let ids = self.insert_messages(&txn, rows, &ranges).await?;
             for (conv, first, _) in &ranges {
                 for (k, &i) in per_conv[conv].iter().enumerate() {
                     let seq = first + k as i64;
@@ -278,21 +275,22 @@ impl Store {
             .collect())
     }
 
-    /// Inserts `rows` (whose (conv, seq) are `keys`, covering `ranges`) and returns the id of
-    /// each (conv, seq). On SQLite the writer holds the database's only write lock, so the rows
+    /// Inserts `rows` (the seqs `first..=last` of each `(conv, first, last)` of `ranges`, in
+    /// that order) and returns the id of each (conv, seq). On SQLite the writer holds the database's only write lock, so the rows
     /// of one multi-row INSERT get consecutive rowids ending at `last_insert_rowid()`; the other
     /// databases give no such promise, so the ids are read back.
     async fn insert_messages(
         &self,
         txn: &DatabaseTransaction,
         rows: Vec<message::ActiveModel>,
-        keys: &[(i64, i64)],
         ranges: &[(i64, i64, i64)],
     ) -> Result<HashMap<(i64, i64), i64>, StoreError> {
         let sqlite = self.backend() == DatabaseBackend::Sqlite;
-        let mut ids = HashMap::with_capacity(keys.len());
+        let mut ids = HashMap::with_capacity(rows.len());
         let mut rows = rows.into_iter().peekable();
-        let mut keys = keys.iter();
+        let mut keys = ranges
+            .iter()
+            .flat_map(|&(conv, first, last)| (first..=last).map(move |seq| (conv, seq)));
         while rows.peek().is_some() {
             let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
             let n = chunk.len();
@@ -313,7 +311,7 @@ impl Store {
             }
             let last = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
             for (k, key) in keys.by_ref().take(n).enumerate() {
-                ids.insert(*key, last - (n - 1 - k) as i64);
+                ids.insert(key, last - (n - 1 - k) as i64);
             }
         }
         if sqlite || ranges.is_empty() {
