@@ -9,6 +9,8 @@
 #                                                            balances them on L, default 6000)
 #   nginx/cluster.sh status                                  what runs, and the URLs
 #   nginx/cluster.sh kill I                                  SIGKILL replica I (failure drills)
+#   nginx/cluster.sh restart I                               stop replica I (SIGTERM) and start it
+#                                                            again on the same port and database
 #   nginx/cluster.sh down                                    stop exactly what `up` started
 #
 # Environment:
@@ -136,6 +138,8 @@ cmd_up() {
     echo "DB_ADMIN=$admin" >> "$state"
     echo "DB_NAME=$name" >> "$state"
     url=${admin%/}/$name
+    echo "DB_URL=$url" >> "$state"
+    echo "BIN=$bin" >> "$state"
 
     # Replicas: the first one alone (it creates the schema), then the others.
     local i port ports=() lport legacy_ports=() legacy_args=()
@@ -147,8 +151,8 @@ cmd_up() {
             legacy_args=(--legacy-listen "127.0.0.1:$lport")
             legacy_ports+=("$lport")
         fi
-        "$bin" --listen "127.0.0.1:$port" --database-url "$url" --redis-url "redis://127.0.0.1:$redis_port" \
-            --node-id "replica-$i" --web-dir "$repo/web" "${legacy_args[@]}" > "$run/replica-$i.log" 2>&1 &
+        : > "$run/replica-$i.log"
+        start_replica "$bin" "$url" "$redis_port" "$i" "$port" "${legacy_args[@]}"
         echo "REPLICA_${i}_PID=$!" >> "$state"
         echo "REPLICA_${i}_PORT=$port" >> "$state"
         if [ "$legacy" = 1 ]; then echo "REPLICA_${i}_LEGACY_PORT=$lport" >> "$state"; fi
@@ -181,6 +185,14 @@ PY
     if [ "$legacy" = 1 ]; then start_stream "$legacy_port" "${legacy_ports[@]}"; fi
     trap - ERR
     cmd_status
+}
+
+# start_replica BIN DB_URL REDIS_PORT I PORT [LEGACY ARGS...]: replica I in the background ($!).
+start_replica() {
+    local bin=$1 url=$2 redis_port=$3 i=$4 port=$5
+    shift 5
+    "$bin" --listen "127.0.0.1:$port" --database-url "$url" --redis-url "redis://127.0.0.1:$redis_port" \
+        --node-id "replica-$i" --web-dir "$repo/web" "$@" >> "$run/replica-$i.log" 2>&1 &
 }
 
 # start_stream PORT LEGACY_PORT...: nginx stream (a copy of stream.conf) in front of the replicas'
@@ -248,6 +260,22 @@ cmd_status() {
     fi
 }
 
+cmd_restart() {
+    load_state
+    local i=${1:?replica number}
+    local pid port lport legacy_args=()
+    pid=$(eval echo "\${REPLICA_${i}_PID:-}")
+    port=$(eval echo "\${REPLICA_${i}_PORT:-}")
+    lport=$(eval echo "\${REPLICA_${i}_LEGACY_PORT:-}")
+    [ -n "$port" ] || die "no replica $i"
+    [ -n "$lport" ] && legacy_args=(--legacy-listen "127.0.0.1:$lport")
+    stop_pid "$pid"
+    start_replica "$BIN" "$DB_URL" "$REDIS_PORT" "$i" "$port" "${legacy_args[@]}"
+    sed -i "s/^REPLICA_${i}_PID=.*/REPLICA_${i}_PID=$!/" "$state"
+    wait_http "http://127.0.0.1:$port/healthz" || die "replica $i did not start; see $run/replica-$i.log"
+    echo "replica-$i restarted (pid $!)"
+}
+
 cmd_kill() {
     load_state
     local i=${1:?replica number}
@@ -281,5 +309,6 @@ case ${1:-} in
     down) cmd_down ;;
     status) cmd_status ;;
     kill) shift; cmd_kill "$@" ;;
+    restart) shift; cmd_restart "$@" ;;
     *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -111,6 +111,7 @@ pub struct ConnectionsArgs {
     /// File of resume tokens: when it exists, its users log in by token only (no registration,
     /// no argon2 in the server: restart the server between the two runs to measure idle
     /// connections alone); when it does not, this run's users and tokens are written to it.
+    /// With `--processes`, process `k` uses `<FILE>.<k>`.
     #[arg(long)]
     pub tokens: Option<std::path::PathBuf>,
     /// Internal: run as one of `--processes` (reports READY, waits for a line on stdin).

@@ -320,3 +320,46 @@ async fn a_tokens_file_lets_a_second_run_log_in_without_passwords() {
     let _ = std::fs::remove_file(&file);
     server.stop().await;
 }
+
+/// `connections --processes` runs copies of the real binary: each gets its share of the
+/// sockets and its own tokens file, so that a second run logs in by token only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_processes_split_sockets_and_keep_their_own_tokens() {
+    let server = TestServer::start().await;
+    let file = std::env::temp_dir().join(format!("chat-bench-ptokens-{}", std::process::id()));
+    let path = file.to_str().unwrap().to_owned();
+    let pid = std::process::id().to_string();
+    let run = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+            .args(["--quiet", "--json", "--url", &server.url, "--sources", "4"])
+            .args(["--server-pid", &pid, "connections", "--count", "8"])
+            .args(["--per-user", "2", "--hold", "0", "--processes", "2"])
+            .args(["--tokens", &path])
+            .output()
+            .await
+            .expect("chat-bench runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Report = serde_json::from_slice(&out.stdout).expect("one JSON report");
+        report.result
+    };
+    let first = run().await;
+    assert_eq!(n(&first, "connected"), 8.0, "{first:#}");
+    assert_eq!(n(&first, "processes"), 2.0, "{first:#}");
+    for k in 0..2 {
+        let text = std::fs::read_to_string(format!("{path}.{k}")).unwrap();
+        assert_eq!(text.lines().count(), 2, "process {k}: {text}");
+    }
+    let second = run().await;
+    assert_eq!(n(&second, "connected"), 8.0, "{second:#}");
+    assert_eq!(n(&second, "token_logins"), 8.0, "{second:#}");
+    assert_eq!(n(&second, "open_at_end"), 8.0, "{second:#}");
+    assert!(n(&second, "rss_after_kib") > 0.0, "{second:#}");
+    for k in 0..2 {
+        let _ = std::fs::remove_file(format!("{path}.{k}"));
+    }
+    server.stop().await;
+}

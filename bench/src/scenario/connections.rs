@@ -369,6 +369,13 @@ fn save_tokens(
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The tokens file of generator process `k` of `--processes`: `<path>.<k>`.
+fn child_tokens(path: &std::path::Path, k: usize) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{k}"));
+    name.into()
+}
+
 /// Keeps a socket open, reading (so pings are answered) until told to stop.
 async fn hold(mut ws: Ws, mut stop: watch::Receiver<bool>) {
     loop {
@@ -415,8 +422,11 @@ async fn run_parent(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connect
             .arg("--per-user")
             .arg(args.per_user.to_string())
             .arg("--concurrency")
-            .arg(args.concurrency.to_string())
-            .stdin(std::process::Stdio::piped())
+            .arg(args.concurrency.to_string());
+        if let Some(path) = &args.tokens {
+            cmd.arg("--tokens").arg(child_tokens(path, k));
+        }
+        cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
         children.push(cmd.spawn().context("starting a generator process")?);

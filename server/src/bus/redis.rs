@@ -23,8 +23,11 @@ use crate::protocol::msgid;
 
 /// How long a Redis command may take before the request that needed it fails with 503.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pub/sub messages buffered between the connection and the receiving task.
-const MESSAGE_BUFFER: usize = 1 << 16;
+/// Pub/sub messages buffered between the connection and the receiving task (the receiver
+/// only hands frames to connection queues; falling further behind means RESYNC). fred sizes
+/// all nine of a client's event channels with it, preallocated: ~70 bytes a slot, so 16,384
+/// costs ~10 MB where 65,536 cost ~45 MB per client.
+const MESSAGE_BUFFER: usize = 1 << 14;
 /// Channels per SUBSCRIBE command when resubscribing.
 const RESUBSCRIBE_CHUNK: usize = 1000;
 
@@ -61,14 +64,15 @@ impl RedisBus {
         builder
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = MESSAGE_BUFFER;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = COMMAND_TIMEOUT;
                 c.internal_command_timeout = COMMAND_TIMEOUT;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        // The publisher receives no messages: fred's default event buffers (32) do.
         let publisher = builder.build()?;
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = MESSAGE_BUFFER);
         let subscriber = builder.build_subscriber_client()?;
         publisher.init().await?;
         subscriber.init().await?;
