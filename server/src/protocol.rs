@@ -647,6 +647,147 @@ pub fn error_frame(reqid: Option<i64>, errno: i64, errmsg: &str) -> String {
     v.to_string()
 }
 
+/// The payload fields of a successful reply, merged after msgid, reqid, errno and errmsg:
+/// values built as JSON trees, or lists rendered straight to text from rows (the login
+/// reply's friends, groups and backlog, ~80 KB, would otherwise cost thousands of small maps).
+#[derive(Debug, Default, Clone)]
+pub struct Payload {
+    fields: Vec<(String, Field)>,
+}
+
+#[derive(Debug, Clone)]
+enum Field {
+    Value(Value),
+    Rendered(String),
+}
+
+impl Payload {
+    /// No fields.
+    pub fn new() -> Self {
+        Payload::default()
+    }
+
+    /// One field.
+    pub fn one(key: &str, value: Value) -> Self {
+        let mut p = Payload::new();
+        p.insert(key, value);
+        p
+    }
+
+    /// Sets field `key` (replacing an earlier one of that name).
+    pub fn insert(&mut self, key: &str, value: Value) {
+        self.set(key, Field::Value(value));
+    }
+
+    /// Sets field `key` to JSON already serialized (with [`render`]).
+    pub fn insert_rendered(&mut self, key: &str, json: String) {
+        self.set(key, Field::Rendered(json));
+    }
+
+    fn set(&mut self, key: &str, field: Field) {
+        match self.fields.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = field,
+            None => self.fields.push((key.to_owned(), field)),
+        }
+    }
+
+    /// Field `key` as a value (a rendered field is parsed back: only the legacy adapter, which
+    /// reshapes replies, reads payloads).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, f)| match f {
+                Field::Value(v) => Some(v.clone()),
+                Field::Rendered(text) => serde_json::from_str(text).ok(),
+            })
+    }
+
+    /// Field `key` as a list (empty when absent or not a list).
+    pub fn list(&self, key: &str) -> Vec<Value> {
+        match self.get(key) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The payload of a JSON object's fields.
+    pub fn from_object(object: Map<String, Value>) -> Self {
+        Payload {
+            fields: object
+                .into_iter()
+                .map(|(k, v)| (k, Field::Value(v)))
+                .collect(),
+        }
+    }
+}
+
+/// Serializes a reply part (a list of views) to JSON text, for [`Payload::insert_rendered`].
+pub fn render<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+/// The text of a reply: its head, then the payload (which wins on a shared key), every key
+/// in sorted order as in a `serde_json` object.
+pub fn reply_frame(head: Map<String, Value>, payload: Payload) -> String {
+    let mut parts: Vec<(String, String)> = head
+        .into_iter()
+        .filter(|(k, _)| !payload.fields.iter().any(|(pk, _)| pk == k))
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    let mut size = 2;
+    for (k, f) in payload.fields {
+        let text = match f {
+            Field::Value(v) => v.to_string(),
+            Field::Rendered(text) => text,
+        };
+        parts.push((k, text));
+    }
+    parts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (k, text) in &parts {
+        size += k.len() + text.len() + 4;
+    }
+    let mut out = String::with_capacity(size);
+    out.push('{');
+    for (i, (k, text)) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::from(k.as_str()).to_string());
+        out.push(':');
+        out.push_str(text);
+    }
+    out.push('}');
+    out
+}
+
+/// A user in a list: a friend (no role) or a group member; `state` is "online" or "offline".
+#[derive(Debug, Serialize)]
+pub struct UserView<'a> {
+    /// User id.
+    pub id: i64,
+    /// Name.
+    pub name: &'a str,
+    /// A member's role in the group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'a str>,
+    /// Presence.
+    pub state: &'static str,
+}
+
+/// A group with its members, as GROUP_LIST, LOGIN and CREATE/ADD_GROUP show it.
+#[derive(Debug, Serialize)]
+pub struct GroupView<'a> {
+    /// Description.
+    pub groupdesc: &'a str,
+    /// Unique name.
+    pub groupname: &'a str,
+    /// Group id.
+    pub id: i64,
+    /// Members, earliest joined first.
+    pub users: Vec<UserView<'a>>,
+}
+
 /// A chat object: a push of msgid 6 or 10, an element of `offlinemsg` or `messages`.
 #[derive(Debug, Serialize)]
 pub struct ChatView<'a> {
@@ -1035,6 +1176,54 @@ mod tests {
                 Value::Object(generic).to_string()
             );
         }
+    }
+
+    #[test]
+    fn reply_frames_read_as_the_merged_object() {
+        let head = reply_head(msgid::FRIEND_LIST, Some(4), 0, "");
+        let mut p = Payload::one("more", true.into());
+        p.insert("errmsg", "payload wins".into());
+        let friends = [UserView {
+            id: 3,
+            name: "a\"b",
+            role: None,
+            state: "online",
+        }];
+        p.insert_rendered("friends", render(&friends));
+        let text = reply_frame(head.clone(), p.clone());
+        let mut merged = head;
+        merged.insert("more".into(), true.into());
+        merged.insert("errmsg".into(), "payload wins".into());
+        merged.insert(
+            "friends".into(),
+            json!([{"id": 3, "name": "a\"b", "state": "online"}]),
+        );
+        // Keys sorted and values equal: the same text as the generic object.
+        assert_eq!(text, Value::Object(merged).to_string());
+        assert_eq!(p.list("friends")[0]["name"], "a\"b");
+        assert_eq!(p.get("more"), Some(Value::Bool(true)));
+        assert_eq!(p.get("absent"), None);
+    }
+
+    #[test]
+    fn group_views_list_members_with_their_role() {
+        let g = GroupView {
+            groupdesc: "d",
+            groupname: "n",
+            id: 9,
+            users: vec![UserView {
+                id: 1,
+                name: "x",
+                role: Some("creator"),
+                state: "offline",
+            }],
+        };
+        assert_eq!(
+            render(&g),
+            json!({"id": 9, "groupname": "n", "groupdesc": "d",
+                   "users": [{"id": 1, "name": "x", "role": "creator", "state": "offline"}]})
+            .to_string()
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
 use crate::app::AppState;
@@ -15,7 +14,9 @@ use crate::delivery::{ChatAck, ChatJob};
 use crate::error::{ServiceError, StoreError};
 use crate::hub::{ConnHandle, ConnId};
 use crate::limits::{self, LoginVerdict};
-use crate::protocol::{ChatView, HistoryPage, LoginId, Request, Secret, Target};
+use crate::protocol::{
+    self, ChatView, GroupView, HistoryPage, LoginId, Request, Secret, Target, UserView,
+};
 use crate::store::accounts::UserRow;
 use crate::store::groups::{GroupInfo, JoinOutcome, QuitOutcome};
 
@@ -41,8 +42,7 @@ pub struct Session {
     pub token_hash: Option<String>,
 }
 
-/// The payload fields of a successful reply (merged after msgid, reqid, errno, errmsg).
-pub type Payload = Map<String, Value>;
+pub use crate::protocol::Payload;
 
 impl Session {
     /// A new anonymous session for connection `conn`.
@@ -85,7 +85,7 @@ pub async fn handle(
         Request::FriendList => {
             let me = session.user()?;
             let friends = state.store.friends(me.id).await?;
-            Ok(payload("friends", users_json(state, &friends).await))
+            Ok(rendered("friends", users_json(state, &friends).await))
         }
         Request::CreateGroup {
             groupname,
@@ -98,7 +98,7 @@ pub async fn handle(
             let ids = state.store.group_ids_of(me.id).await?;
             // Not kept: a group joined a moment ago may not be subscribed yet.
             let groups = groups_info(state, &ids, false).await?;
-            Ok(payload("groups", groups_json(state, &groups).await))
+            Ok(rendered("groups", groups_json(state, &groups).await))
         }
         Request::GroupMembers { groupid } => {
             let me = session.user()?;
@@ -108,7 +108,10 @@ pub async fn handle(
                 &group.members.iter().map(|m| m.id).collect::<Vec<_>>(),
             )
             .await;
-            Ok(payload("users", members_json(&group, &online)))
+            Ok(rendered(
+                "users",
+                protocol::render(&members_view(&group, &online)),
+            ))
         }
         Request::History {
             target,
@@ -260,7 +263,7 @@ async fn login(
             state
                 .presence
                 .connected(me.id, &me.name, change.first_or_last, recipients);
-            p.insert("token".into(), token.into());
+            p.insert("token", token.into());
             Ok(p)
         }
         Err(e) => {
@@ -288,20 +291,17 @@ async fn login_payload(
     let unread = state.store.unread(me.id, group_ids).await?;
     let senders: Vec<i64> = unread.iter().map(|m| m.sender).collect();
     let names = state.store.user_names(&senders).await?;
-    let offline: Vec<Value> = unread
+    let offline: Vec<ChatView> = unread
         .iter()
-        .map(|m| {
-            let name = names.get(&m.sender).map_or("", |n| n);
-            serde_json::to_value(ChatView::of(m, name)).unwrap_or_default()
-        })
+        .map(|m| ChatView::of(m, names.get(&m.sender).map_or("", |n| n)))
         .collect();
-    let mut p = Payload::with_capacity(6);
-    p.insert("id".into(), me.id.into());
-    p.insert("name".into(), (*me.name).into());
-    p.insert("node".into(), (*state.node).into());
-    p.insert("friends".into(), users_json(state, &friends).await);
-    p.insert("groups".into(), groups_json(state, &groups).await);
-    p.insert("offlinemsg".into(), Value::Array(offline));
+    let mut p = Payload::new();
+    p.insert("id", me.id.into());
+    p.insert("name", (*me.name).into());
+    p.insert("node", (*state.node).into());
+    p.insert_rendered("friends", users_json(state, &friends).await);
+    p.insert_rendered("groups", groups_json(state, &groups).await);
+    p.insert_rendered("offlinemsg", protocol::render(&offline));
     Ok((p, recipients))
 }
 
@@ -315,7 +315,7 @@ async fn register(
     }
     let hash = auth::hash_password(password).await?;
     match state.store.create_user(&name, &hash).await {
-        Ok(id) => Ok(payload("id", id.into())),
+        Ok(id) => Ok(Payload::one("id", id.into())),
         Err(StoreError::Duplicate(_)) => Err(ServiceError::NameTaken("that name")),
         Err(e) => Err(e.into()),
     }
@@ -341,7 +341,10 @@ async fn add_friend(
     }
     let friend = UserRow { id: friendid, name };
     let online = online_of(state, &[friendid]).await;
-    Ok(payload("friend", user_json(&friend, &online)))
+    Ok(rendered(
+        "friend",
+        protocol::render(&user_view(&friend, &online)),
+    ))
 }
 
 async fn del_friend(
@@ -454,9 +457,14 @@ async fn group_payload(state: &AppState, gid: i64) -> Result<Payload, ServiceErr
         .group_info(gid)
         .await?
         .ok_or_else(|| no_such_group(gid))?;
-    Ok(payload(
+    let online = online_of(
+        state,
+        &group.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+    )
+    .await;
+    Ok(rendered(
         "group",
-        groups_json(state, &[Arc::new(group)]).await[0].take(),
+        protocol::render(&group_view(&group, &online)),
     ))
 }
 
@@ -515,16 +523,13 @@ async fn history(
     };
     let senders: Vec<i64> = rows.iter().map(|m| m.sender).collect();
     let names = state.store.user_names(&senders).await?;
-    let messages: Vec<Value> = rows
+    let messages: Vec<ChatView> = rows
         .iter()
-        .map(|m| {
-            serde_json::to_value(ChatView::of(m, names.get(&m.sender).map_or("", |n| n)))
-                .unwrap_or_default()
-        })
+        .map(|m| ChatView::of(m, names.get(&m.sender).map_or("", |n| n)))
         .collect();
-    let mut p = Payload::with_capacity(2);
-    p.insert("messages".into(), Value::Array(messages));
-    p.insert("more".into(), more.into());
+    let mut p = Payload::new();
+    p.insert_rendered("messages", protocol::render(&messages));
+    p.insert("more", more.into());
     Ok(p)
 }
 
@@ -551,9 +556,10 @@ fn not_member() -> ServiceError {
     ServiceError::Forbidden("you are not a member of this group".into())
 }
 
-fn payload(key: &str, value: Value) -> Payload {
-    let mut p = Payload::with_capacity(1);
-    p.insert(key.into(), value);
+/// A payload of one field rendered from views.
+fn rendered(key: &str, json: String) -> Payload {
+    let mut p = Payload::new();
+    p.insert_rendered(key, json);
     p
 }
 
@@ -569,38 +575,59 @@ fn state_word(online: &HashSet<i64>, id: i64) -> &'static str {
     }
 }
 
-fn user_json(u: &UserRow, online: &HashSet<i64>) -> Value {
-    json!({"id": u.id, "name": &*u.name, "state": state_word(online, u.id)})
+fn user_view<'a>(u: &'a UserRow, online: &HashSet<i64>) -> UserView<'a> {
+    UserView {
+        id: u.id,
+        name: &u.name,
+        role: None,
+        state: state_word(online, u.id),
+    }
 }
 
-async fn users_json(state: &AppState, users: &[UserRow]) -> Value {
+/// The users as a rendered list, with their presence.
+async fn users_json(state: &AppState, users: &[UserRow]) -> String {
     let online = online_of(state, &users.iter().map(|u| u.id).collect::<Vec<_>>()).await;
-    Value::Array(users.iter().map(|u| user_json(u, &online)).collect())
-}
-
-fn members_json(group: &GroupInfo, online: &HashSet<i64>) -> Value {
-    Value::Array(
-        group
-            .members
+    protocol::render(
+        &users
             .iter()
-            .map(|m| json!({"id": m.id, "name": &*m.name, "state": state_word(online, m.id), "role": m.role}))
-            .collect(),
+            .map(|u| user_view(u, &online))
+            .collect::<Vec<_>>(),
     )
 }
 
-async fn groups_json(state: &AppState, groups: &[Arc<GroupInfo>]) -> Value {
+fn members_view<'a>(group: &'a GroupInfo, online: &HashSet<i64>) -> Vec<UserView<'a>> {
+    group
+        .members
+        .iter()
+        .map(|m| UserView {
+            id: m.id,
+            name: &m.name,
+            role: Some(&m.role),
+            state: state_word(online, m.id),
+        })
+        .collect()
+}
+
+fn group_view<'a>(g: &'a GroupInfo, online: &HashSet<i64>) -> GroupView<'a> {
+    GroupView {
+        groupdesc: &g.groupdesc,
+        groupname: &g.groupname,
+        id: g.id,
+        users: members_view(g, online),
+    }
+}
+
+/// The groups with their members as a rendered list, with the members' presence.
+async fn groups_json(state: &AppState, groups: &[Arc<GroupInfo>]) -> String {
     let ids: Vec<i64> = groups
         .iter()
         .flat_map(|g| g.members.iter().map(|m| m.id))
         .collect();
     let online = online_of(state, &ids).await;
-    Value::Array(
-        groups
+    protocol::render(
+        &groups
             .iter()
-            .map(|g| {
-                json!({"id": g.id, "groupname": g.groupname, "groupdesc": g.groupdesc,
-                       "users": members_json(g, &online)})
-            })
-            .collect(),
+            .map(|g| group_view(g, &online))
+            .collect::<Vec<_>>(),
     )
 }

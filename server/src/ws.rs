@@ -18,7 +18,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -382,9 +381,10 @@ pub fn reply_text(
         Err(e) => (e.errno(), e.to_string(), Payload::new()),
     };
     metrics::counter!("chat_replies_total", "errno" => errno_label(errno)).increment(1);
-    let mut head = protocol::reply_head(request_msgid, reqid, errno, &errmsg);
-    head.extend(payload);
-    Value::Object(head).to_string()
+    protocol::reply_frame(
+        protocol::reply_head(request_msgid, reqid, errno, &errmsg),
+        payload,
+    )
 }
 
 /// The ack of a stored and published chat message.

@@ -449,11 +449,7 @@ impl Connection {
         });
         let (reply, inline) = shape::login_reply(&payload);
         self.write(&reply).await?;
-        let offline = payload
-            .get("offlinemsg")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let offline = payload.list("offlinemsg");
         let mut reached: HashMap<Target, i64> = HashMap::new();
         for (i, chat) in offline.iter().enumerate() {
             let Some(c) = self.chat_ref(chat) else {
@@ -558,11 +554,7 @@ impl Connection {
                     return Ok(None);
                 }
             };
-            let messages = payload
-                .get("messages")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let messages = payload.list("messages");
             for m in &messages {
                 let Some(c) = self.chat_ref(m) else {
                     continue;
@@ -573,7 +565,7 @@ impl Connection {
                 }
                 self.hand_over(m, &c).await?;
             }
-            let more = payload.get("more").and_then(Value::as_bool) == Some(true);
+            let more = payload.get("more").and_then(|v| v.as_bool()) == Some(true);
             if !more || covered >= upto {
                 break;
             }

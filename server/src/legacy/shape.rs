@@ -110,15 +110,9 @@ pub fn group_string(v: &Value) -> Value {
 /// bytes; `friends` and `groups` always go in whole (the original has nowhere else for them).
 pub fn login_reply(payload: &Payload) -> (Value, usize) {
     let mut reply = json!({"msgid": msgid::LOGIN_ACK, "errno": 0});
-    reply["id"] = payload.get("id").cloned().unwrap_or(Value::Null);
-    reply["name"] = payload.get("name").cloned().unwrap_or(Value::Null);
-    let list = |key: &str| {
-        payload
-            .get(key)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
+    reply["id"] = payload.get("id").unwrap_or(Value::Null);
+    reply["name"] = payload.get("name").unwrap_or(Value::Null);
+    let list = |key: &str| payload.list(key);
     let friends: Vec<Value> = list("friends").iter().map(user_string).collect();
     if !friends.is_empty() {
         reply["friends"] = Value::Array(friends);
@@ -162,7 +156,7 @@ pub fn reg_reply(outcome: &Result<Payload, ServiceError>) -> Value {
         Ok(p) => json!({
             "msgid": msgid::REG_ACK,
             "errno": 0,
-            "id": p.get("id").cloned().unwrap_or(Value::Null),
+            "id": p.get("id").unwrap_or(Value::Null),
         }),
         Err(e) => reg_error(e),
     }
@@ -213,7 +207,7 @@ mod tests {
 
     fn payload(v: Value) -> Payload {
         match v {
-            Value::Object(m) => m,
+            Value::Object(m) => Payload::from_object(m),
             _ => unreachable!(),
         }
     }

@@ -410,39 +410,33 @@ impl Store {
         if !groups.is_empty() {
             cond = cond.add(conversation::Column::Groupid.is_in(groups.iter().copied()));
         }
-        let convs = conversation::Entity::find()
-            .filter(cond)
-            .filter(conversation::Column::LastSeq.gt(0))
-            .all(&self.db)
-            .await?;
-        if convs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cursors: HashMap<i64, i64> = read_cursor::Entity::find()
+        // Only the conversations with something above the user's cursor: (id, last seq, cursor).
+        let cursor = Expr::col((read_cursor::Entity, read_cursor::Column::Seq)).if_null(0i64);
+        let mut query = conversation::Entity::find()
             .select_only()
-            .column(read_cursor::Column::Conv)
-            .column(read_cursor::Column::Seq)
-            .filter(read_cursor::Column::Userid.eq(uid))
-            .into_tuple::<(i64, i64)>()
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .collect();
+            .column(conversation::Column::Id)
+            .column(conversation::Column::LastSeq)
+            .expr(cursor.clone())
+            .filter(cond)
+            .filter(Expr::col((conversation::Entity, conversation::Column::LastSeq)).gt(cursor));
+        QueryTrait::query(&mut query).left_join(
+            read_cursor::Entity,
+            Expr::col((read_cursor::Entity, read_cursor::Column::Conv))
+                .equals((conversation::Entity, conversation::Column::Id))
+                .and(Expr::col((read_cursor::Entity, read_cursor::Column::Userid)).eq(uid)),
+        );
+        let convs: Vec<(i64, i64, i64)> = query.into_tuple().all(&self.db).await?;
         // Conversations with at most 200 messages above the cursor are read together, a
         // hundred at a time; busier ones one by one, their newest 200.
         let mut light = Vec::new();
         let mut out = Vec::new();
-        for c in convs {
-            let from = cursors.get(&c.id).copied().unwrap_or(0);
-            if c.last_seq <= from {
-                continue;
-            }
-            if c.last_seq - from <= UNREAD_PER_CONVERSATION as i64 {
-                light.push((c.id, from));
+        for (conv, last_seq, from) in convs {
+            if last_seq - from <= UNREAD_PER_CONVERSATION as i64 {
+                light.push((conv, from));
                 continue;
             }
             let rows = message::Entity::find()
-                .filter(message::Column::Conv.eq(c.id))
+                .filter(message::Column::Conv.eq(conv))
                 .filter(message::Column::Seq.gt(from))
                 .filter(message::Column::Sender.ne(uid))
                 .order_by_desc(message::Column::Seq)
