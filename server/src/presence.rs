@@ -12,7 +12,7 @@
 //! its fields and announces offline those of its users who are left with none, so the users of
 //! a killed replica turn offline for everyone within ~12 s.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ use crate::store::Store;
 
 /// Heartbeat period of a replica.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Presence changes taken from the queue at once; their `user.state` writes share one
+/// transaction (one fsync instead of one per login and logout).
+const STATE_BATCH: usize = 256;
 /// Silence after which a replica counts as dead.
 const DEAD_AFTER_MS: i64 = 10_000;
 /// Sorted set of replicas by last heartbeat.
@@ -176,44 +179,74 @@ async fn announcer(
     redis: Option<Client>,
     node: Arc<str>,
 ) {
-    while let Some(change) = rx.recv().await {
-        let (user, name, online, recipients) = match change {
-            Change::Arrived {
-                user,
-                name,
-                recipients,
-            } => {
-                let first = match &redis {
-                    None => true,
-                    Some(c) => {
-                        let _: Result<i64, _> = c.sadd(node_users_key(&node), user).await;
-                        run_script(c, ARRIVE, user, &node).await == Some(1)
-                    }
-                };
-                if !first {
-                    continue;
-                }
-                (user, Some(name), true, Some(recipients))
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, STATE_BATCH).await > 0 {
+        // The last transition of each user in this batch, written together below.
+        let mut states: HashMap<i64, bool> = HashMap::new();
+        for change in batch.drain(..) {
+            if let Some((user, online)) = apply(&store, &bus, redis.as_ref(), &node, change).await {
+                states.insert(user, online);
             }
-            Change::Departed { user, name } => {
-                let last = match &redis {
-                    None => true,
-                    Some(c) => {
-                        let _: Result<i64, _> = c.srem(node_users_key(&node), user).await;
-                        run_script(c, DEPART, user, &node).await == Some(0)
-                    }
-                };
-                if !last {
-                    continue;
-                }
-                (user, Some(name), false, None)
-            }
-            Change::Orphaned { user } => (user, None, false, None),
+        }
+        let ids = |state: bool| {
+            states
+                .iter()
+                .filter(|(_, on)| **on == state)
+                .map(|(u, _)| *u)
+                .collect::<Vec<_>>()
         };
-        if let Err(e) = announce(&store, &bus, user, name, online, recipients).await {
-            tracing::warn!(user, "presence announcement: {e}");
+        if let Err(e) = store.set_states(&ids(true), &ids(false)).await {
+            tracing::warn!("recording presence in user.state: {e}");
         }
     }
+}
+
+/// Applies one change: updates Redis and, when it changes the user's state cluster-wide,
+/// announces it; returns that new state.
+async fn apply(
+    store: &Store,
+    bus: &Bus,
+    redis: Option<&Client>,
+    node: &str,
+    change: Change,
+) -> Option<(i64, bool)> {
+    let (user, name, online, recipients) = match change {
+        Change::Arrived {
+            user,
+            name,
+            recipients,
+        } => {
+            let first = match redis {
+                None => true,
+                Some(c) => {
+                    let _: Result<i64, _> = c.sadd(node_users_key(node), user).await;
+                    run_script(c, ARRIVE, user, node).await == Some(1)
+                }
+            };
+            if !first {
+                return None;
+            }
+            (user, Some(name), true, Some(recipients))
+        }
+        Change::Departed { user, name } => {
+            let last = match redis {
+                None => true,
+                Some(c) => {
+                    let _: Result<i64, _> = c.srem(node_users_key(node), user).await;
+                    run_script(c, DEPART, user, node).await == Some(0)
+                }
+            };
+            if !last {
+                return None;
+            }
+            (user, Some(name), false, None)
+        }
+        Change::Orphaned { user } => (user, None, false, None),
+    };
+    if let Err(e) = announce(store, bus, user, name, online, recipients).await {
+        tracing::warn!(user, "presence announcement: {e}");
+    }
+    Some((user, online))
 }
 
 async fn run_script(client: &Client, script: &str, user: i64, node: &str) -> Option<i64> {
@@ -274,7 +307,7 @@ async fn announce(
             tracing::warn!(user, "presence publish: {e}");
         }
     }
-    store.set_state(user, state).await
+    Ok(())
 }
 
 /// Beats every [`HEARTBEAT`], and reaps replicas that stopped beating.

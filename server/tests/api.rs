@@ -77,6 +77,7 @@ backend_suite! {
     ],
     sessions: [
         a_users_other_devices_get_its_messages_but_the_sending_one_only_the_ack,
+        the_state_column_records_the_last_presence_transition,
         presence_is_pushed_on_the_first_login_and_the_last_logout_only,
         presence_is_announced_once_when_two_devices_come_and_go_at_once,
         a_connection_gets_no_pushes_for_a_user_it_logged_out,

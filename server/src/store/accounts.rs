@@ -92,13 +92,23 @@ impl Store {
         Ok(self.user_names(&[id]).await?.remove(&id))
     }
 
-    /// Records the last presence transition in `user.state` (informational only).
-    pub async fn set_state(&self, id: i64, state: &str) -> Result<(), StoreError> {
-        user::Entity::update_many()
-            .col_expr(user::Column::State, sea_orm::sea_query::Expr::value(state))
-            .filter(user::Column::Id.eq(id))
-            .exec(&self.db)
-            .await?;
+    /// Records the last presence transitions in `user.state` (informational only), in one
+    /// transaction.
+    pub async fn set_states(&self, online: &[i64], offline: &[i64]) -> Result<(), StoreError> {
+        if online.is_empty() && offline.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        for (ids, state) in [(online, "online"), (offline, "offline")] {
+            for chunk in ids.chunks(500) {
+                user::Entity::update_many()
+                    .col_expr(user::Column::State, sea_orm::sea_query::Expr::value(state))
+                    .filter(user::Column::Id.is_in(chunk.iter().copied()))
+                    .exec(&txn)
+                    .await?;
+            }
+        }
+        txn.commit().await?;
         Ok(())
     }
 

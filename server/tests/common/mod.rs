@@ -315,6 +315,21 @@ impl TestApp {
     }
 
     /// Stops the server and drops its database (if it owns it).
+    /// The `user.state` column of user `id`, read from the database directly.
+    pub async fn stored_state(&self, id: i64) -> String {
+        use chat_server::store::entities::user;
+        use sea_orm::EntityTrait;
+        let db = Database::connect(self.database_url.as_str())
+            .await
+            .expect("the test database answers");
+        let row = user::Entity::find_by_id(id)
+            .one(&db)
+            .await
+            .expect("reading user.state");
+        let _ = db.close().await;
+        row.map(|u| u.state).unwrap_or_default()
+    }
+
     pub async fn stop(mut self) {
         self.shut_down().await;
         if let Some(db) = self.db.take() {

@@ -41,6 +41,31 @@ pub async fn a_users_other_devices_get_its_messages_but_the_sending_one_only_the
     }
 }
 
+/// `user.state` (informational, written in batches by the presence task) follows the last
+/// transition: online after a login, offline after the last logout.
+pub async fn the_state_column_records_the_last_presence_transition(app: &TestApp) {
+    let mut alice = app.user("alice").await;
+    let id = alice.id;
+    wait_for_state(app, id, "online").await;
+    alice.logout().await;
+    wait_for_state(app, id, "offline").await;
+}
+
+async fn wait_for_state(app: &TestApp, id: i64, want: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let state = app.stored_state(id).await;
+        if state == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "user.state is {state:?}, never {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn presence_is_pushed_on_the_first_login_and_the_last_logout_only(app: &TestApp) {
     let mut a1 = app.user("alice").await;
     let alice = (a1.id, "alice");
