@@ -1,11 +1,12 @@
 //! The clusterchat schema, as sea-orm migrations: the original server's five tables, then the
-//! tables that durable history needs. Every migration has a `down`.
+//! tables that durable history needs, then a partial index. Every migration has a `down`.
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_create_original_tables;
 mod m20261121_000002_create_history_tables;
 mod m20261121_000003_create_session_token;
+mod m20261121_000004_partial_txnid_index;
 mod names;
 
 /// Runs every migration in order.
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_original_tables::Migration),
             Box::new(m20261121_000002_create_history_tables::Migration),
             Box::new(m20261121_000003_create_session_token::Migration),
+            Box::new(m20261121_000004_partial_txnid_index::Migration),
         ]
     }
 }
