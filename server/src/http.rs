@@ -19,7 +19,7 @@ use crate::{limits, telemetry, ws};
 pub const HARD_MESSAGE_LIMIT: usize = 1 << 20;
 /// Read buffer per connection: small, so idle connections cost little memory (chat frames are
 /// a few hundred bytes; larger ones are read in several steps).
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 
 /// The router of one replica.
 pub fn router(state: AppState) -> Router {
