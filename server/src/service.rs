@@ -103,11 +103,7 @@ pub async fn handle(
         Request::GroupMembers { groupid } => {
             let me = session.user()?;
             let group = member_group(state, me.id, groupid).await?;
-            let online = online_of(
-                state,
-                &group.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-            )
-            .await;
+            let online = members_online(state, &group).await;
             Ok(rendered(
                 "users",
                 protocol::render(&members_view(&group, &online)),
@@ -457,11 +453,7 @@ async fn group_payload(state: &AppState, gid: i64) -> Result<Payload, ServiceErr
         .group_info(gid)
         .await?
         .ok_or_else(|| no_such_group(gid))?;
-    let online = online_of(
-        state,
-        &group.members.iter().map(|m| m.id).collect::<Vec<_>>(),
-    )
-    .await;
+    let online = members_online(state, &group).await;
     Ok(rendered(
         "group",
         protocol::render(&group_view(&group, &online)),
@@ -565,6 +557,15 @@ fn rendered(key: &str, json: String) -> Payload {
 
 async fn online_of(state: &AppState, ids: &[i64]) -> HashSet<i64> {
     state.presence.online(ids).await
+}
+
+/// Which members of `group` are online.
+async fn members_online(state: &AppState, group: &GroupInfo) -> HashSet<i64> {
+    online_of(
+        state,
+        &group.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+    )
+    .await
 }
 
 fn state_word(online: &HashSet<i64>, id: i64) -> &'static str {
