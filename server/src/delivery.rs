@@ -149,9 +149,18 @@ impl Writer {
         let mut outcomes: Vec<Option<Result<ChatAck, ServiceError>>> =
             Vec::with_capacity(jobs.len());
         let mut resolved = Vec::with_capacity(jobs.len());
-        let mut membership = Memberships::new();
+        let membership = match self.memberships(&jobs).await {
+            Ok(m) => m,
+            Err(e) => {
+                let e = ServiceError::from(e);
+                for job in jobs {
+                    let _ = job.reply.send(Err(clone_error(&e)));
+                }
+                return;
+            }
+        };
         for job in &jobs {
-            match self.resolve(job, &mut membership).await {
+            match self.resolve(job, &membership).await {
                 Ok(dest) => {
                     outcomes.push(None);
                     resolved.push(Some(dest));
@@ -211,11 +220,47 @@ impl Writer {
         }
     }
 
+    /// Where every group send of a batch goes, or the errno that refuses it: two queries for
+    /// the whole batch (memberships, then the groups' conversations), not two per send.
+    async fn memberships(&self, jobs: &[ChatJob]) -> Result<Memberships, StoreError> {
+        let mut pairs: Vec<(i64, i64)> = jobs
+            .iter()
+            .filter_map(|job| match job.target {
+                Target::Group(g) => Some((g, job.sender)),
+                Target::User(_) => None,
+            })
+            .collect();
+        if pairs.is_empty() {
+            return Ok(Memberships::new());
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        let members = self.store.memberships(&pairs).await?;
+        let mut groups: Vec<i64> = pairs.iter().map(|&(g, _)| g).collect();
+        groups.dedup();
+        let convs = self.store.group_conversations(&groups).await?;
+        Ok(pairs
+            .into_iter()
+            .map(|(g, sender)| {
+                let answer = match (members.contains(&(g, sender)), convs.get(&g)) {
+                    (true, Some(&conv)) => Ok(Destination {
+                        conv,
+                        toid: None,
+                        groupid: Some(g),
+                    }),
+                    (false, Some(_)) => Err(403),
+                    (_, None) => Err(404),
+                };
+                ((g, sender), answer)
+            })
+            .collect())
+    }
+
     /// The conversation, recipient and group of a send, or why it cannot be sent.
     async fn resolve(
         &self,
         job: &ChatJob,
-        membership: &mut Memberships,
+        membership: &Memberships,
     ) -> Result<Destination, ServiceError> {
         match job.target {
             Target::User(to) => {
@@ -233,27 +278,11 @@ impl Writer {
                     groupid: None,
                 })
             }
-            Target::Group(g) => {
-                if let Some(known) = membership.get(&(g, job.sender)) {
-                    return (*known).map_err(group_error);
-                }
-                let answer = if self.store.member_role(g, job.sender).await?.is_some() {
-                    match self.store.group_conversation(g).await? {
-                        Some(c) => Ok(Destination {
-                            conv: c.id,
-                            toid: None,
-                            groupid: Some(g),
-                        }),
-                        None => Err(404),
-                    }
-                } else if self.store.group(g).await?.is_some() {
-                    Err(403)
-                } else {
-                    Err(404)
-                };
-                membership.insert((g, job.sender), answer);
-                answer.map_err(group_error)
-            }
+            Target::Group(g) => membership
+                .get(&(g, job.sender))
+                .copied()
+                .unwrap_or(Err(404))
+                .map_err(group_error),
         }
     }
 

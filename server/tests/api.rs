@@ -66,6 +66,7 @@ backend_suite! {
         creating_and_joining_a_group_assigns_roles,
         group_chat_reaches_every_member_connection_but_the_sending_one,
         non_members_get_403_and_unknown_groups_404,
+        pipelined_group_sends_are_each_answered_for_their_own_sender,
         quitting_hands_the_creator_role_on_and_the_last_member_deletes_the_group,
         a_new_member_gets_only_group_messages_sent_after_joining,
         group_names_are_case_and_space_sensitive,

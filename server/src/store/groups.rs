@@ -2,14 +2,14 @@
 //! conversation row, which serializes changes to one group across replicas (and takes SQLite's
 //! write lock up front).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::Store;
@@ -125,6 +125,34 @@ impl Store {
             .into_tuple()
             .one(&self.db)
             .await?)
+    }
+
+    /// Of the (group, user) pairs, those where the user is a member (one query per 200).
+    pub async fn memberships(
+        &self,
+        pairs: &[(i64, i64)],
+    ) -> Result<HashSet<(i64, i64)>, StoreError> {
+        let mut found = HashSet::with_capacity(pairs.len());
+        for chunk in pairs.chunks(200) {
+            let mut any = Condition::any();
+            for &(gid, uid) in chunk {
+                any = any.add(
+                    Condition::all()
+                        .add(groupuser::Column::Groupid.eq(gid))
+                        .add(groupuser::Column::Userid.eq(uid)),
+                );
+            }
+            let rows: Vec<(i64, i64)> = groupuser::Entity::find()
+                .select_only()
+                .column(groupuser::Column::Groupid)
+                .column(groupuser::Column::Userid)
+                .filter(any)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// Ids of the groups `uid` belongs to.

@@ -117,6 +117,26 @@ impl Store {
             .await?)
     }
 
+    /// group id → conversation id, for those of `groups` that exist (one query per 500).
+    pub async fn group_conversations(
+        &self,
+        groups: &[i64],
+    ) -> Result<HashMap<i64, i64>, StoreError> {
+        let mut found = HashMap::with_capacity(groups.len());
+        for chunk in groups.chunks(500) {
+            let rows: Vec<(i64, Option<i64>)> = conversation::Entity::find()
+                .select_only()
+                .column(conversation::Column::Id)
+                .column(conversation::Column::Groupid)
+                .filter(conversation::Column::Groupid.is_in(chunk.iter().copied()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            found.extend(rows.into_iter().filter_map(|(conv, g)| Some((g?, conv))));
+        }
+        Ok(found)
+    }
+
     /// The last seq of a conversation (0 when it has none).
     pub async fn last_seq(&self, conv: i64) -> Result<i64, StoreError> {
         Ok(conversation::Entity::find_by_id(conv)

@@ -221,6 +221,40 @@ pub async fn non_members_get_403_and_unknown_groups_404(app: &TestApp) {
     assert_eq!(ack["seq"], 1, "{ack}");
 }
 
+/// Group sends of several users to several groups, pipelined so that they share write
+/// batches: each gets its own answer (stored, 403 or 404), and only members' sends are stored.
+pub async fn pipelined_group_sends_are_each_answered_for_their_own_sender(app: &TestApp) {
+    let mut alice = app.user("alice").await;
+    let mut bob = app.user("bob").await;
+    let open = group_id(&alice.create_group("open", "").await);
+    let closed = group_id(&alice.create_group("closed", "").await);
+    bob.join_group(open).await;
+    let gone = closed + 1000;
+    let mut sends = Vec::new();
+    for i in 0..20 {
+        for groupid in [open, closed, gone] {
+            sends.push(json!({"msgid": 10, "groupid": groupid, "msg": format!("m{i}")}));
+        }
+    }
+    let (alice_acks, bob_acks) = tokio::join!(alice.pipeline(sends.clone()), bob.pipeline(sends));
+    for (i, ack) in alice_acks.iter().enumerate() {
+        assert_ack(ack, 10, if i % 3 == 2 { 404 } else { 0 });
+    }
+    for (i, ack) in bob_acks.iter().enumerate() {
+        assert_ack(ack, 10, [0, 403, 404][i % 3]);
+    }
+    let (open_seqs, _, _) = alice.history(json!({"groupid": open, "limit": 200})).await;
+    assert_eq!(open_seqs.len(), 40, "both members' sends to the open group");
+    let (closed_seqs, _, _) = alice
+        .history(json!({"groupid": closed, "limit": 200}))
+        .await;
+    assert_eq!(
+        closed_seqs.len(),
+        20,
+        "only alice's sends to the closed group"
+    );
+}
+
 pub async fn quitting_hands_the_creator_role_on_and_the_last_member_deletes_the_group(
     app: &TestApp,
 ) {
