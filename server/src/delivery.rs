@@ -149,16 +149,8 @@ impl Writer {
         let mut outcomes: Vec<Option<Result<ChatAck, ServiceError>>> =
             Vec::with_capacity(jobs.len());
         let mut resolved = Vec::with_capacity(jobs.len());
-        let membership = match self.memberships(&jobs).await {
-            Ok(m) => m,
-            Err(e) => {
-                let e = ServiceError::from(e);
-                for job in jobs {
-                    let _ = job.reply.send(Err(clone_error(&e)));
-                }
-                return;
-            }
-        };
+        // A failed lookup fails the batch's group sends only.
+        let membership = self.memberships(&jobs).await.map_err(ServiceError::from);
         for job in &jobs {
             match self.resolve(job, &membership).await {
                 Ok(dest) => {
@@ -260,7 +252,7 @@ impl Writer {
     async fn resolve(
         &self,
         job: &ChatJob,
-        membership: &Memberships,
+        membership: &Result<Memberships, ServiceError>,
     ) -> Result<Destination, ServiceError> {
         match job.target {
             Target::User(to) => {
@@ -279,6 +271,8 @@ impl Writer {
                 })
             }
             Target::Group(g) => membership
+                .as_ref()
+                .map_err(clone_error)?
                 .get(&(g, job.sender))
                 .copied()
                 .unwrap_or(Err(404))

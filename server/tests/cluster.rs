@@ -45,6 +45,15 @@ async fn replica(database_url: &str, redis: &Redis, node: &str) -> Replica {
     }
 }
 
+/// A fresh MariaDB database, a private Redis, and replicas "node-a" and "node-b" on them.
+async fn two_replicas() -> (TestDb, Redis, Replica, Replica) {
+    let db = TestDb::create(Backend::Mysql).await;
+    let redis = Redis::start();
+    let a = replica(db.url(), &redis, "node-a").await;
+    let b = replica(db.url(), &redis, "node-b").await;
+    (db, redis, a, b)
+}
+
 impl Replica {
     async fn stop(mut self) {
         self.shutdown.trigger();
@@ -135,10 +144,7 @@ async fn presence(client: &mut Client, who: i64, state: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_push_crosses_replicas_one_to_one_group_presence_and_second_devices() {
-    let db = TestDb::create(Backend::Mysql).await;
-    let redis = Redis::start();
-    let a = replica(db.url(), &redis, "node-a").await;
-    let b = replica(db.url(), &redis, "node-b").await;
+    let (db, _redis, a, b) = two_replicas().await;
 
     let ann = register(a.port, "ann").await;
     let bob = register(b.port, "bob").await;
@@ -219,10 +225,7 @@ async fn every_push_crosses_replicas_one_to_one_group_presence_and_second_device
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_on_one_replica_and_in_on_the_other_moves_the_user() {
-    let db = TestDb::create(Backend::Mysql).await;
-    let redis = Redis::start();
-    let a = replica(db.url(), &redis, "node-a").await;
-    let b = replica(db.url(), &redis, "node-b").await;
+    let (db, _redis, a, b) = two_replicas().await;
     let ann = register(a.port, "ann").await;
     let bob = register(a.port, "bob").await;
     let (mut ann_a, _) = login(a.port, ann, "ann").await;
@@ -284,10 +287,7 @@ fn member_ids(group: &Value) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_cached_by_one_replica_follow_joins_and_quits_on_the_other() {
-    let db = TestDb::create(Backend::Mysql).await;
-    let redis = Redis::start();
-    let a = replica(db.url(), &redis, "node-a").await;
-    let b = replica(db.url(), &redis, "node-b").await;
+    let (db, _redis, a, b) = two_replicas().await;
     let ann = register(a.port, "ann").await;
     let bob = register(b.port, "bob").await;
     let (mut ann_1, _) = login(a.port, ann, "ann").await;
@@ -383,10 +383,7 @@ async fn all_history(client: &mut Client, target: Value) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_under_traffic_loses_no_acked_message_and_sends_resync() {
-    let db = TestDb::create(Backend::Mysql).await;
-    let mut redis = Redis::start();
-    let a = replica(db.url(), &redis, "node-a").await;
-    let b = replica(db.url(), &redis, "node-b").await;
+    let (db, mut redis, a, b) = two_replicas().await;
     let ann = register(a.port, "ann").await;
     let bob = register(b.port, "bob").await;
     let (mut ann_a, _) = login(a.port, ann, "ann").await;
@@ -570,10 +567,7 @@ async fn killing_the_receivers_replica_loses_no_acked_message_and_they_turn_offl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_nginx_two_clients_land_on_different_replicas_and_chat() {
-    let db = TestDb::create(Backend::Mysql).await;
-    let redis = Redis::start();
-    let a = replica(db.url(), &redis, "node-a").await;
-    let b = replica(db.url(), &redis, "node-b").await;
+    let (db, _redis, a, b) = two_replicas().await;
     let nginx = Nginx::start("chat.conf", 8000, &[a.port, b.port], "").await;
     wait_healthy(nginx.port).await;
 
