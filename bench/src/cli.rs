@@ -104,6 +104,13 @@ pub struct ConnectionsArgs {
     /// Connections being opened at the same time.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Unread 1:1 messages waiting for each new user before its sockets log in, so that every
+    /// login reply carries them: what a connection keeps after one large reply.
+    #[arg(long, default_value_t = 0)]
+    pub unread: usize,
+    /// Bytes of each unread message text (at most 4,000).
+    #[arg(long, default_value_t = 1000)]
+    pub unread_size: usize,
     /// Generator processes (one process holds at most ~19,900 sockets on these machines):
     /// the sockets are split between copies of this program.
     #[arg(long, default_value_t = 1)]

@@ -278,11 +278,17 @@ async fn connections_are_held_and_memory_is_reported() {
             "4",
             "--hold",
             "0",
+            "--unread",
+            "3",
+            "--unread-size",
+            "500",
         ],
     )
     .await;
     let r = &report.result;
     assert_eq!(n(r, "connected"), 20.0, "{r:#}");
+    // Every login reply carried the user's three unread 500-byte messages.
+    assert!(n(r, "login_reply_bytes") > 1500.0, "{r:#}");
     assert_eq!(n(r, "failed"), 0.0, "{r:#}");
     assert_eq!(n(r, "open_at_end"), 20.0, "{r:#}");
     assert_eq!(r["rss_source"], "proc");

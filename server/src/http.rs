@@ -4,16 +4,17 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
+use axum::http::{HeaderMap, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tower_http::services::ServeDir;
 
 use crate::app::AppState;
-use crate::{limits, telemetry, ws};
+use crate::{limits, telemetry, upgrade, ws};
 
 /// Hard limit on one WebSocket message; past it the connection closes with 1009.
 pub const HARD_MESSAGE_LIMIT: usize = 1 << 20;
@@ -35,9 +36,12 @@ pub fn router(state: AppState) -> Router {
 async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request<Body>,
 ) -> Response {
+    let accepted = match upgrade::accept(&mut request) {
+        Ok(accepted) => accepted,
+        Err(e) => return e.into_response(),
+    };
     if state.connections.open() >= state.config.max_connections {
         limits::hit("connections");
         return (
@@ -46,11 +50,15 @@ async fn upgrade(
         )
             .into_response();
     }
-    let client = client_ip(peer, &headers);
-    ws.read_buffer_size(READ_BUFFER)
-        .max_message_size(HARD_MESSAGE_LIMIT)
-        .max_frame_size(HARD_MESSAGE_LIMIT)
-        .on_upgrade(move |socket| ws::serve(socket, state, Some(client)))
+    let client = client_ip(peer, request.headers());
+    // Each frame goes straight to the connection's own gathering buffer (socket.rs), so
+    // tungstenite's write buffer never holds more than one frame.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(HARD_MESSAGE_LIMIT))
+        .max_frame_size(Some(HARD_MESSAGE_LIMIT));
+    accepted.serve(config, move |socket| ws::serve(socket, state, Some(client)))
 }
 
 /// The client's address: the peer's, or, behind a proxy on this machine (nginx), the last

@@ -5,6 +5,8 @@
 //! - [`config`]: command-line / environment configuration.
 //! - [`app`]: [`Application`] (build, bind, run, shut down) and the shared [`AppState`].
 //! - [`http`]: the router: `/ws`, `/healthz`, `/metrics`, the web page.
+//! - [`upgrade`]: the WebSocket handshake.
+//! - [`socket`]: a connection's write side (gathered writes, fragments, no lasting buffers).
 //! - [`ws`]: the per-connection socket loop (ordered replies, bounded push queue).
 //! - [`legacy`]: the original course's TCP protocol (NUL-terminated JSON) for its C++ client.
 //! - [`protocol`]: msgids, request parsing and validation, reply shapes (pure).
@@ -32,8 +34,10 @@ pub mod limits;
 pub mod presence;
 pub mod protocol;
 pub mod service;
+pub mod socket;
 pub mod store;
 pub mod telemetry;
+pub mod upgrade;
 pub mod ws;
 
 pub use app::{AppState, Application, ShutdownHandle};

@@ -15,11 +15,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::app::AppState;
 use crate::delivery::ChatAck;
@@ -28,6 +29,7 @@ use crate::hub::ConnHandle;
 use crate::limits::{self, TokenBucket};
 use crate::protocol::{self, Incoming, Request, msgid};
 use crate::service::{self, Payload, Session};
+use crate::socket::{self, Socket};
 
 /// Chat sends one connection may have in flight.
 const MAX_IN_FLIGHT: usize = 256;
@@ -44,7 +46,7 @@ const CLOSE_TOO_BIG: u16 = 1009;
 type Reply = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// Serves one upgraded WebSocket from `peer` until it closes.
-pub async fn serve(socket: WebSocket, state: AppState, peer: Option<IpAddr>) {
+pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
     let counted = state.clone();
     let _live = counted.connections.enter();
     let conn = state.next_conn_id();
@@ -68,7 +70,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: Option<IpAddr>) {
 }
 
 struct Connection {
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     session: Session,
     handle: ConnHandle,
@@ -110,7 +112,7 @@ impl Connection {
                 _ = ping.tick() => self.ping().await,
                 Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => self.write_replies(reply).await,
                 Some(push) = self.push_rx.recv() => self.write_pushes(push).await,
-                incoming = self.socket.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                incoming = self.socket.next(), if self.in_flight.len() < MAX_IN_FLIGHT => {
                     self.last_heard = Instant::now();
                     match incoming {
                         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
@@ -132,7 +134,7 @@ impl Connection {
         };
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
-                code,
+                code: code.into(),
                 reason: Utf8Bytes::from_static(reason),
             };
             let _ = tokio::time::timeout(
@@ -293,37 +295,39 @@ impl Connection {
 
     /// Writes `first` and every other reply already finished, then flushes.
     async fn write_replies(&mut self, first: String) -> Result<(), End> {
-        self.feed(first.into()).await?;
+        count_out(&first);
+        self.feed(socket::text_frames(first)).await?;
         for _ in 1..WRITE_BURST {
             let Some(Some(next)) = futures_util::FutureExt::now_or_never(self.in_flight.next())
             else {
                 break;
             };
-            self.feed(next.into()).await?;
+            count_out(&next);
+            self.feed(socket::text_frames(next)).await?;
         }
         guarded(&self.overflow, self.idle, self.socket.flush()).await
     }
 
     /// Writes `first` and every other push already queued, then flushes.
     async fn write_pushes(&mut self, first: Arc<str>) -> Result<(), End> {
-        self.feed((&*first).into()).await?;
+        count_out(&first);
+        self.feed(socket::shared_text_frames(first)).await?;
         for _ in 1..WRITE_BURST {
             let Ok(next) = self.push_rx.try_recv() else {
                 break;
             };
-            self.feed((&*next).into()).await?;
+            count_out(&next);
+            self.feed(socket::shared_text_frames(next)).await?;
         }
         guarded(&self.overflow, self.idle, self.socket.flush()).await
     }
 
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        count_out(text.as_str());
-        guarded(
-            &self.overflow,
-            self.idle,
-            self.socket.feed(Message::Text(text)),
-        )
-        .await
+    /// Writes the frames of one message.
+    async fn feed(&mut self, frames: socket::TextFrames) -> Result<(), End> {
+        for frame in frames {
+            guarded(&self.overflow, self.idle, self.socket.feed(frame)).await?;
+        }
+        Ok(())
     }
 }
 
@@ -332,7 +336,7 @@ impl Connection {
 async fn guarded(
     overflow: &Notify,
     idle: Duration,
-    write: impl Future<Output = Result<(), axum::Error>>,
+    write: impl Future<Output = Result<(), WsError>>,
 ) -> Result<(), End> {
     let stuck = async {
         if idle.is_zero() {
@@ -356,13 +360,8 @@ fn not_reading() -> End {
 }
 
 /// A read error: frames past the hard limit close with 1009, anything else ends the loop.
-fn too_big_or_gone(e: &axum::Error) -> End {
-    let text = e.to_string();
-    if text.contains("too long")
-        || text.contains("too big")
-        || text.contains("Space limit")
-        || text.contains("capacity")
-    {
+fn too_big_or_gone(e: &WsError) -> End {
+    if let WsError::Capacity(_) = e {
         limits::hit("frame_size");
         End::Close(CLOSE_TOO_BIG, "message larger than 1 MiB")
     } else {

@@ -545,3 +545,149 @@ async fn binary_frames_and_pings_from_clients_are_handled() {
     }
     s.stop().await;
 }
+
+/// A TCP stream that records every byte the server sends, to look at the frames themselves.
+struct Recorder {
+    inner: tokio::net::TcpStream,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Recorder {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let fresh = buf.filled()[before..].to_vec();
+        self.seen.lock().unwrap().extend_from_slice(&fresh);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Recorder {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The (fin, opcode, payload length) of each unmasked frame in `bytes`.
+fn frame_headers(mut bytes: &[u8]) -> Vec<(bool, u8, usize)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 2 {
+        let (fin, opcode) = (bytes[0] & 0x80 != 0, bytes[0] & 0x0F);
+        assert_eq!(bytes[1] & 0x80, 0, "server frames are not masked");
+        let (len, head) = match bytes[1] & 0x7F {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        frames.push((fin, opcode, len));
+        bytes = &bytes[(head + len).min(bytes.len())..];
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_replies_are_sent_as_small_fragments_that_clients_reassemble() {
+    let s = server(Backend::Sqlite, |_| {}).await;
+    let mut alice = s.user("alice").await;
+    let mut bob = s.user("bob").await;
+    let bob_id = bob.id;
+    bob.logout().await;
+    let text = "é".repeat(1000);
+    let sends = (0..100)
+        .map(|_| json!({"msgid": 6, "toid": bob_id, "msg": text}))
+        .collect();
+    for ack in alice.pipeline(sends).await {
+        assert_ack(&ack, 6, 0);
+    }
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let recorder = Recorder {
+        inner: tcp,
+        seen: seen.clone(),
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://127.0.0.1:{}/ws", s.port), recorder)
+            .await
+            .expect("handshake");
+    let login = json!({"msgid": 1, "id": bob_id, "password": password_of("bob")});
+    ws.send(Message::Text(login.to_string().into()))
+        .await
+        .unwrap();
+    let reply = loop {
+        match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("whole JSON");
+                if v["msgid"] == 2 {
+                    break (v, t.len());
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("no login reply: {other:?}"),
+        }
+    };
+    let (reply, reply_len) = reply;
+    assert_eq!(reply["errno"], 0);
+    let offline = reply["offlinemsg"].as_array().expect("offlinemsg");
+    assert_eq!(offline.len(), 100);
+    assert!(offline.iter().all(|m| m["msg"] == text.as_str()));
+    assert!(reply_len > 200_000, "a large reply: {reply_len} bytes");
+
+    let bytes = seen.lock().unwrap().clone();
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head")
+        + 4;
+    let frames = frame_headers(&bytes[head_end..]);
+    assert!(
+        frames.iter().all(|&(_, _, len)| len <= 2048),
+        "every frame at most 2 KiB"
+    );
+    // The login reply: a text frame, continuations, the last one final.
+    let start = frames
+        .iter()
+        .position(|&(fin, op, _)| op == 1 && !fin)
+        .expect("a fragmented text message");
+    let end = start
+        + frames[start..]
+            .iter()
+            .position(|&(fin, _, _)| fin)
+            .expect("its final fragment");
+    assert!(frames[start + 1..=end].iter().all(|&(_, op, _)| op == 0));
+    let total: usize = frames[start..=end].iter().map(|&(_, _, len)| len).sum();
+    assert_eq!(total, reply_len);
+
+    // Not a WebSocket handshake: a clear HTTP error, and the server goes on.
+    let (status, _, body) = http_get(s.port, "/ws").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("expected a WebSocket upgrade"), "{body}");
+    let mut carol = s.user("carol").await;
+    carol.chat_ok(bob_id, "still serving").await;
+    s.stop().await;
+}

@@ -4,6 +4,10 @@
 //! (from `/proc/<pid>/status` with `--server-pid`, else `process_resident_memory_bytes` of
 //! `/metrics` when the server exports it).
 //!
+//! With `--unread N`, a sender user first leaves N messages of `--unread-size` bytes for every
+//! new user, so that each login reply carries them (the tokens file keeps those users, and
+//! their messages stay unread, for the token-only run).
+//!
 //! One process can hold at most ~19,900 sockets on these machines (20,000 open files), so
 //! `--processes P` splits the sockets between P copies of this program: each registers and
 //! connects its share, prints `READY <json>`, and holds its sockets until its stdin closes.
@@ -64,6 +68,8 @@ pub struct ConnectionsResult {
     pub generator_rss_per_connection_bytes: Option<u64>,
     /// Generator processes.
     pub processes: usize,
+    /// Size of the largest login reply seen on the first user's sockets, in bytes.
+    pub login_reply_bytes: usize,
     /// A few errors.
     pub errors: Vec<String>,
 }
@@ -95,6 +101,14 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Outcome> {
             r.connect_login.cell(),
         ),
     ];
+    rows.push((
+        "login reply".into(),
+        format!(
+            "{} bytes ({} unread per new user)",
+            thousands(r.login_reply_bytes as f64),
+            args.unread
+        ),
+    ));
     rows.push((
         "server RSS before / after".into(),
         match (r.rss_before_kib, r.rss_after_kib) {
@@ -148,6 +162,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Outcome> {
         params: json!({
             "count": args.count, "per_user": args.per_user, "hold": args.hold,
             "concurrency": args.concurrency, "processes": args.processes,
+            "unread": args.unread, "unread_size": args.unread_size,
         }),
         result: json!(r),
         rows,
@@ -201,6 +216,9 @@ async fn run_here(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connectio
             let users = args.count.div_ceil(per_user);
             let names: Vec<String> = (0..users).map(|i| format!("{}k{i}", ctx.prefix)).collect();
             let ids = setup::register(ctx, &names, &progress, 0).await?;
+            if args.unread > 0 {
+                leave_unread(ctx, &ids, args, &progress).await?;
+            }
             (ids, vec![None; users])
         }
     };
@@ -219,6 +237,7 @@ async fn run_here(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connectio
     // resume token of that login when the server offers one, as a reconnecting client would.
     let mut mid = None;
     let mut token_logins = 0;
+    let mut login_reply_bytes = 0;
     for phase in 0..2 {
         if phase == 1 {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -241,15 +260,17 @@ async fn run_here(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connectio
                     };
                     let fresh = reply["token"].as_str().map(str::to_owned);
                     let by_token = token.is_some();
-                    anyhow::Ok((u, client.into_ws(), now_us() - t, fresh, by_token))
+                    let size = if u == 0 { reply.to_string().len() } else { 0 };
+                    anyhow::Ok((u, client.into_ws(), now_us() - t, fresh, by_token, size))
                 }
             })
             .buffer_unordered(args.concurrency.max(1));
         let mut learned = Vec::new();
         while let Some(next) = opened.next().await {
             match next {
-                Ok((u, ws, us, fresh, by_token)) => {
+                Ok((u, ws, us, fresh, by_token, size)) => {
                     latency.record(us);
+                    login_reply_bytes = login_reply_bytes.max(size);
                     token_logins += usize::from(by_token);
                     holders.push(tokio::spawn(hold(ws, stop_rx.clone())));
                     progress.add(1, 1);
@@ -286,6 +307,7 @@ async fn run_here(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connectio
             connects_per_sec: connected as f64 / opening,
             connect_login: latency.summary(),
             token_logins,
+            login_reply_bytes,
             errors: errors.clone(),
             ..Default::default()
         };
@@ -336,8 +358,43 @@ async fn run_here(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connectio
         rss_source: after.map(|a| a.1),
         generator_rss_per_connection_bytes: per_conn(me_before, me_after, connected),
         processes: 1,
+        login_reply_bytes,
         errors,
     })
+}
+
+/// Senders leaving unread messages: enough for the server to batch their writes.
+const UNREAD_SENDERS: usize = 16;
+
+/// `--unread`: a few sender users leave `args.unread` messages for each of `users`.
+async fn leave_unread(
+    ctx: &Ctx,
+    users: &[i64],
+    args: &ConnectionsArgs,
+    progress: &std::sync::Arc<Progress>,
+) -> anyhow::Result<()> {
+    let senders = UNREAD_SENDERS.min(users.len());
+    let names: Vec<String> = (0..senders)
+        .map(|i| format!("{}ks{i}", ctx.prefix))
+        .collect();
+    let ids = setup::register(ctx, &names, progress, 0).await?;
+    let mut clients = setup::login(ctx, &ids, progress, 0).await?;
+    progress.phase("unread");
+    let text = ".".repeat(args.unread_size.clamp(1, 4000));
+    let requests = (0..senders)
+        .map(|j| {
+            users
+                .iter()
+                .skip(j)
+                .step_by(senders)
+                .flat_map(|&u| {
+                    std::iter::repeat_n(json!({"msgid": 6, "toid": u, "msg": text}), args.unread)
+                })
+                .collect()
+        })
+        .collect();
+    setup::each(ctx, &mut clients, requests, progress, 0).await?;
+    Ok(())
 }
 
 /// Reads a tokens file: one `id token` per line.
@@ -422,7 +479,11 @@ async fn run_parent(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connect
             .arg("--per-user")
             .arg(args.per_user.to_string())
             .arg("--concurrency")
-            .arg(args.concurrency.to_string());
+            .arg(args.concurrency.to_string())
+            .arg("--unread")
+            .arg(args.unread.to_string())
+            .arg("--unread-size")
+            .arg(args.unread_size.to_string());
         if let Some(path) = &args.tokens {
             cmd.arg("--tokens").arg(child_tokens(path, k));
         }
@@ -500,6 +561,7 @@ async fn run_parent(ctx: &Ctx, args: &ConnectionsArgs) -> anyhow::Result<Connect
         rss_source: after.map(|a| a.1),
         generator_rss_per_connection_bytes: None,
         processes: parts.len(),
+        login_reply_bytes: parts.iter().map(|p| p.login_reply_bytes).max().unwrap_or(0),
         errors: parts.into_iter().flat_map(|p| p.errors).take(5).collect(),
     })
 }
