@@ -198,7 +198,13 @@ async fn login(
             let ok = auth::verify_password(stored, password).await?;
             state.login_throttle.record(&key, ok);
             match account {
-                Some(account) if ok => (account, None),
+                Some(account) if ok => (
+                    UserRow {
+                        id: account.id,
+                        name: Arc::from(account.name),
+                    },
+                    None,
+                ),
                 _ => return Err(ServiceError::WrongCredentials),
             }
         }
@@ -236,7 +242,7 @@ async fn login(
     };
     let me = SessionUser {
         id: account.id,
-        name: Arc::from(account.name.as_str()),
+        name: account.name,
     };
     // Live channels first, then the backlog: a push may precede the reply, never be missed.
     let group_ids = state.store.group_ids_of(me.id).await?;

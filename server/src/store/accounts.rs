@@ -229,7 +229,7 @@ impl Store {
     }
 
     /// The user of an unexpired token.
-    pub async fn token_user(&self, token_hash: &str) -> Result<Option<user::Model>, StoreError> {
+    pub async fn token_user(&self, token_hash: &str) -> Result<Option<UserRow>, StoreError> {
         let now = chrono::Utc::now().timestamp_millis();
         let Some(token) = session_token::Entity::find_by_id(token_hash.to_owned())
             .filter(session_token::Column::ExpiresAt.gt(now))
@@ -238,7 +238,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        self.user_by_id(token.userid).await
+        // The name usually comes from the cache: one query per token login.
+        Ok(self.rows_of(vec![token.userid]).await?.pop())
     }
 
     /// Revokes a token.
