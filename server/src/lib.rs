@@ -6,7 +6,8 @@
 //! - [`app`]: [`Application`] (build, bind, run, shut down) and the shared [`AppState`].
 //! - [`http`]: the router: `/ws`, `/healthz`, `/metrics`, the web page.
 //! - [`upgrade`]: the WebSocket handshake.
-//! - [`socket`]: a connection's write side (gathered writes, fragments, no lasting buffers).
+//! - [`socket`]: a connection's bytes (gathered writes, fragments, no lasting buffers).
+//! - [`reframe`]: large client frames cut into fragments on their way in.
 //! - [`ws`]: the per-connection socket loop (ordered replies, bounded push queue).
 //! - [`legacy`]: the original course's TCP protocol (NUL-terminated JSON) for its C++ client.
 //! - [`protocol`]: msgids, request parsing and validation, reply shapes (pure).
@@ -33,6 +34,7 @@ pub mod legacy;
 pub mod limits;
 pub mod presence;
 pub mod protocol;
+pub mod reframe;
 pub mod service;
 pub mod socket;
 pub mod store;

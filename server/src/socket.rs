@@ -1,11 +1,12 @@
-//! The write side of an upgraded connection: frames gathered into one write per burst, the
-//! buffer released once flushed, and long messages cut into fragments, so that an idle
-//! connection keeps no buffer sized by the largest message it was ever sent.
+//! An upgraded connection's bytes as tungstenite sees them: writes gathered into one write per
+//! burst, the buffer released once flushed, long messages cut into fragments, and large client
+//! frames handed on as fragments ([`crate::reframe`]), so that an idle connection keeps no
+//! buffer sized by the largest message it ever sent or received.
 //!
-//! tungstenite keeps the capacity of its write buffer for the life of the connection: after
-//! one 200 KB login reply an idle connection would hold 200 KB more. Here tungstenite writes
-//! each frame at once (`write_buffer_size` 0) into [`Gathered`], frames are at most
-//! [`FRAGMENT`] bytes, and [`Gathered`] drops its buffer after each flush.
+//! tungstenite keeps the capacity of its buffers for the life of the connection: after one
+//! 200 KB login reply an idle connection would hold 200 KB more. Here tungstenite writes each
+//! frame at once (`write_buffer_size` 0) into [`Gathered`], frames are at most [`FRAGMENT`]
+//! bytes, and [`Gathered`] drops its buffer after each flush.
 
 use std::io;
 use std::pin::Pin;
@@ -21,6 +22,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use crate::reframe::Reframer;
+
 /// A served WebSocket connection.
 pub type Socket = WebSocketStream<Gathered<TokioIo<Upgraded>>>;
 
@@ -32,23 +35,25 @@ const GATHER_LIMIT: usize = 64 * 1024;
 /// twice rather than from a few bytes up).
 const GATHER_START: usize = 8 * 1024;
 
-/// A byte stream whose writes are gathered in a buffer until flushed; the buffer is freed
-/// once it has all been written.
+/// A byte stream whose writes are gathered in a buffer until flushed (the buffer is freed
+/// once it has all been written) and whose large incoming frames are cut into fragments.
 #[derive(Debug)]
 pub struct Gathered<S> {
     inner: S,
     out: Vec<u8>,
     /// Bytes of `out` already written.
     sent: usize,
+    reframe: Reframer,
 }
 
 impl<S> Gathered<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
+    /// Wraps `inner`; incoming frames up to `hard_limit` bytes are cut into fragments.
+    pub fn new(inner: S, hard_limit: usize) -> Self {
         Self {
             inner,
             out: Vec::new(),
             sent: 0,
+            reframe: Reframer::new(hard_limit),
         }
     }
 
@@ -80,7 +85,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gathered<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        this.reframe.poll_read(Pin::new(&mut this.inner), cx, buf)
     }
 }
 
@@ -226,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn writes_are_gathered_until_flushed_then_the_buffer_is_freed() {
         let (client, mut server) = tokio::io::duplex(1 << 20);
-        let mut io = Gathered::new(client);
+        let mut io = Gathered::new(client, 1 << 20);
         for _ in 0..50 {
             io.write_all(&[7u8; 1000]).await.unwrap();
         }
@@ -250,7 +256,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_does_not_read_blocks_the_writer() {
         let (client, _server) = tokio::io::duplex(1024);
-        let mut io = Gathered::new(client);
+        let mut io = Gathered::new(client, 1 << 20);
         let blocked = tokio::time::timeout(std::time::Duration::from_millis(200), async {
             loop {
                 io.write_all(&[1u8; 4096]).await.unwrap();

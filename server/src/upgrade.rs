@@ -101,7 +101,8 @@ impl Accepted {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let io = Gathered::new(TokioIo::new(upgraded));
+            let hard_limit = config.max_frame_size.unwrap_or(usize::MAX);
+            let io = Gathered::new(TokioIo::new(upgraded), hard_limit);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             serve(socket).await;
         });

@@ -691,3 +691,107 @@ async fn large_replies_are_sent_as_small_fragments_that_clients_reassemble() {
     carol.chat_ok(bob_id, "still serving").await;
     s.stop().await;
 }
+
+/// This process's resident memory, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A WebSocket client written by hand, so that it keeps no buffers of its own.
+struct RawClient(tokio::net::TcpStream);
+
+impl RawClient {
+    async fn connect(port: u16) -> RawClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+        RawClient(tcp)
+    }
+
+    /// Sends one masked text frame.
+    async fn send(&mut self, text: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mask = [0x5A, 0x17, 0xC3, 0x08];
+        let mut frame = vec![0x81];
+        match text.len() {
+            n if n <= 125 => frame.push(0x80 | n as u8),
+            n if n <= 65_535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.0.write_all(&frame).await.unwrap();
+    }
+
+    /// Reads one unfragmented text frame.
+    async fn recv(&mut self) -> Value {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 2];
+        self.0.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x81, "a final text frame");
+        let len = match head[1] & 0x7F {
+            126 => self.0.read_u16().await.unwrap() as usize,
+            127 => self.0.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_sent_a_huge_frame_stay_open_without_keeping_it() {
+    let s = server(Backend::Sqlite, |_| {}).await;
+    let huge = {
+        let mut text = br#"{"msgid":4,"name":"x","password":""#.to_vec();
+        text.resize(1_000_000 - 2, b'p');
+        text.extend_from_slice(br#""}"#);
+        text
+    };
+    let mut clients = Vec::new();
+    let before = rss_kib();
+    for _ in 0..64 {
+        let mut c = RawClient::connect(s.port).await;
+        c.send(&huge).await;
+        let reply = c.recv().await;
+        assert_eq!(reply["errno"], 413, "{reply}");
+        clients.push(c);
+    }
+    let grown = rss_kib().saturating_sub(before);
+    // Each connection kept its 1 MB frame (64 MiB in all) before large frames were cut into
+    // fragments on their way in; now what is left is the allocator's working set.
+    assert!(
+        grown < 24 * 1024,
+        "RSS grew {grown} KiB over 64 connections"
+    );
+    for c in &mut clients {
+        c.send(br#"{"msgid":4,"name":"","password":"p"}"#).await;
+        assert_eq!(c.recv().await["errno"], 400, "the connection still answers");
+    }
+    s.stop().await;
+}
