@@ -17,7 +17,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Largest client frame payload handed on in one piece (a multiple of 4, for the mask).
-pub const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 4 * 1024;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 4096;
 
