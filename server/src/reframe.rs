@@ -158,8 +158,9 @@ impl Reframer {
             let got = read.filled().len();
             self.raw.truncate(start + got);
             if let Poll::Pending | Poll::Ready(Err(_)) = polled {
-                // An idle connection keeps no read buffer here.
+                // An idle connection keeps no read buffer here (at most a partial header).
                 self.release();
+                self.raw.shrink_to_fit();
             }
             ready!(polled)?;
             if got == 0 {
@@ -370,6 +371,23 @@ mod tests {
         assert!(f[1..f.len() - 1].iter().all(|p| p.0 == 0x00));
         assert_eq!(f.last().unwrap().0, 0x80);
         assert_eq!(f[1..].iter().map(|p| p.1.len()).sum::<usize>(), 40_000);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_partial_header_keeps_only_its_bytes() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = crate::socket::Gathered::new(server, 1 << 20);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &[0x81, 0xFE, 0x10])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            tokio::io::AsyncReadExt::read(&mut io, &mut buf),
+        )
+        .await;
+        assert!(read.is_err(), "nothing to hand on yet");
+        assert!(io.read_capacity() < 64, "{}", io.read_capacity());
     }
 
     #[tokio::test]

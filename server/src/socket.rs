@@ -61,6 +61,11 @@ impl<S> Gathered<S> {
     pub fn buffered_capacity(&self) -> usize {
         self.out.capacity()
     }
+
+    /// Capacity held on the read side between reads.
+    pub fn read_capacity(&self) -> usize {
+        self.reframe.buffered_capacity()
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Gathered<S> {
