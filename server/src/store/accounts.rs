@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait, TransactionTrait};
 
 use super::Store;
 use super::entities::{friend, session_token, user};
@@ -114,13 +115,14 @@ impl Store {
 
     /// Ids of the user's friends.
     pub async fn friend_ids(&self, id: i64) -> Result<Vec<i64>, StoreError> {
-        Ok(friend::Entity::find()
+        let query = friend::Entity::find()
             .select_only()
-            .column(friend::Column::Friendid)
             .filter(friend::Column::Userid.eq(id))
-            .into_tuple()
-            .all(&self.db)
-            .await?)
+            .into_query();
+        let rows: Vec<(i64,)> = self
+            .rows(query, [Expr::col(friend::Column::Friendid)])
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// The user's friends with their names, by id.

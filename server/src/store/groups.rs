@@ -9,7 +9,7 @@ use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 use super::Store;
@@ -157,13 +157,14 @@ impl Store {
 
     /// Ids of the groups `uid` belongs to.
     pub async fn group_ids_of(&self, uid: i64) -> Result<Vec<i64>, StoreError> {
-        Ok(groupuser::Entity::find()
+        let query = groupuser::Entity::find()
             .select_only()
-            .column(groupuser::Column::Groupid)
             .filter(groupuser::Column::Userid.eq(uid))
-            .into_tuple()
-            .all(&self.db)
-            .await?)
+            .into_query();
+        let rows: Vec<(i64,)> = self
+            .rows(query, [Expr::col(groupuser::Column::Groupid)])
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// One group with its members.

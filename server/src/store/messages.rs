@@ -7,7 +7,7 @@ use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, TransactionTrait,
 };
 
 use super::Store;
@@ -377,7 +377,12 @@ impl Store {
                 .filter(message::Column::Seq.gt(a))
                 .order_by_asc(message::Column::Seq),
         };
-        let mut rows = q.limit(u64::from(limit) + 1).all(&self.db).await?;
+        let mut rows = self.messages(q.limit(u64::from(limit) + 1)).await?;
+        // Nearest to the cursor first, to cut the extra row off the far end.
+        match page {
+            HistoryPage::After(_) => rows.sort_unstable_by_key(|m| m.seq),
+            _ => rows.sort_unstable_by_key(|m| std::cmp::Reverse(m.seq)),
+        }
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         if !matches!(page, HistoryPage::After(_)) {
@@ -432,20 +437,20 @@ impl Store {
         }
         // Only the conversations with something above the user's cursor: (id, last seq, cursor).
         let cursor = Expr::col((read_cursor::Entity, read_cursor::Column::Seq)).if_null(0i64);
+        let last_seq = Expr::col((conversation::Entity, conversation::Column::LastSeq));
         let mut query = conversation::Entity::find()
             .select_only()
-            .column(conversation::Column::Id)
-            .column(conversation::Column::LastSeq)
-            .expr(cursor.clone())
             .filter(cond)
-            .filter(Expr::col((conversation::Entity, conversation::Column::LastSeq)).gt(cursor));
-        QueryTrait::query(&mut query).left_join(
+            .filter(last_seq.clone().gt(cursor.clone()))
+            .into_query();
+        query.left_join(
             read_cursor::Entity,
             Expr::col((read_cursor::Entity, read_cursor::Column::Conv))
                 .equals((conversation::Entity, conversation::Column::Id))
                 .and(Expr::col((read_cursor::Entity, read_cursor::Column::Userid)).eq(uid)),
         );
-        let convs: Vec<(i64, i64, i64)> = query.into_tuple().all(&self.db).await?;
+        let id = Expr::col((conversation::Entity, conversation::Column::Id));
+        let convs: Vec<(i64, i64, i64)> = self.rows(query, [id, last_seq, cursor]).await?;
         // Conversations with at most 200 messages above the cursor are read together, a
         // hundred at a time; busier ones one by one, their newest 200.
         let mut light = Vec::new();
@@ -455,13 +460,15 @@ impl Store {
                 light.push((conv, from));
                 continue;
             }
-            let rows = message::Entity::find()
-                .filter(message::Column::Conv.eq(conv))
-                .filter(message::Column::Seq.gt(from))
-                .filter(message::Column::Sender.ne(uid))
-                .order_by_desc(message::Column::Seq)
-                .limit(UNREAD_PER_CONVERSATION)
-                .all(&self.db)
+            let rows = self
+                .messages(
+                    message::Entity::find()
+                        .filter(message::Column::Conv.eq(conv))
+                        .filter(message::Column::Seq.gt(from))
+                        .filter(message::Column::Sender.ne(uid))
+                        .order_by_desc(message::Column::Seq)
+                        .limit(UNREAD_PER_CONVERSATION),
+                )
                 .await?;
             out.extend(rows);
         }
@@ -474,17 +481,70 @@ impl Store {
                         .add(message::Column::Seq.gt(*from)),
                 );
             }
-            let rows = message::Entity::find()
-                .filter(above)
-                .filter(message::Column::Sender.ne(uid))
-                .all(&self.db)
+            let rows = self
+                .messages(
+                    message::Entity::find()
+                        .filter(above)
+                        .filter(message::Column::Sender.ne(uid)),
+                )
                 .await?;
             out.extend(rows);
         }
         out.sort_by_key(|m| (m.sent_at, m.id));
         Ok(out)
     }
+
+    /// The messages `select` finds (a `find()` with its filters, order and limit), in no
+    /// particular order: see [`Store::rows`].
+    async fn messages(
+        &self,
+        select: Select<message::Entity>,
+    ) -> Result<Vec<message::Model>, StoreError> {
+        use message::Column as C;
+        let fields = [
+            C::Id,
+            C::Conv,
+            C::Seq,
+            C::Sender,
+            C::Toid,
+            C::Groupid,
+            C::Msg,
+            C::SentAt,
+            C::Txnid,
+        ]
+        .map(|c| Expr::col((message::Entity, c)));
+        let rows: Vec<MessageRow> = self.rows(select.select_only().into_query(), fields).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, conv, seq, sender, toid, groupid, msg, sent_at, txnid)| message::Model {
+                    id,
+                    conv,
+                    seq,
+                    sender,
+                    toid,
+                    groupid,
+                    msg,
+                    sent_at,
+                    txnid,
+                },
+            )
+            .collect())
+    }
 }
+
+/// The columns of `message`, in order, as [`Store::messages`] reads them.
+type MessageRow = (
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    String,
+    i64,
+    Option<String>,
+);
 
 fn same_message(stored: &message::Model, new: &NewMessage<'_>) -> bool {
     stored.conv == new.conv

@@ -4,11 +4,13 @@
 //! - [`accounts`]: users and friendships.
 //! - [`groups`]: groups and membership.
 //! - [`messages`]: conversations, batched message writes, history, read cursors, unread.
+//! - `packed`: reads of many rows, packed by SQLite into one JSON value.
 
 pub mod accounts;
 pub mod entities;
 pub mod groups;
 pub mod messages;
+mod packed;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
