@@ -163,8 +163,14 @@ impl Application {
                 .await
                 .with_context(|| format!("connecting to Redis {}", redact(url)))?,
         };
-        let presence =
-            Presence::start(hub.clone(), store.clone(), bus.clone(), node.clone()).await?;
+        let presence = Presence::start(
+            hub.clone(),
+            store.clone(),
+            bus.clone(),
+            node.clone(),
+            Duration::from_millis(config.presence_grace_ms),
+        )
+        .await?;
         let (delivery, writer) =
             Delivery::start(store.clone(), bus.clone(), node.clone(), config.write_batch);
         let (tx, rx) = watch::channel(false);
@@ -257,6 +263,13 @@ impl Application {
                 open = state.connections.open(),
                 "connections still open at shutdown"
             );
+        }
+        // Dropped users still in their grace period are announced gone now.
+        if tokio::time::timeout(Duration::from_secs(5), state.presence.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("presence not drained at shutdown");
         }
         state.delivery.flush().await;
         state.bus.close().await;

@@ -106,6 +106,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value_t = 5)]
     pub request_timeout: u64,
 
+    /// Milliseconds a user whose last connection dropped (no LOGINOUT_MSG) still counts as
+    /// online; reconnecting within it announces nothing to friends and co-members. 0: announce
+    /// every drop at once.
+    #[arg(long, env = "CHAT_PRESENCE_GRACE_MS", default_value_t = 2000)]
+    pub presence_grace_ms: u64,
+
     /// Lifetime of a resume token (LOGIN_MSG with `token`), in seconds.
     #[arg(long, env = "CHAT_RESUME_TOKEN_TTL", default_value_t = 7 * 24 * 3600)]
     pub resume_token_ttl: u64,

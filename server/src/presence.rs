@@ -11,9 +11,14 @@
 //! A replica silent for 10 s is dead: the first replica to remove it from `chat:nodes` removes
 //! its fields and announces offline those of its users who are left with none, so the users of
 //! a killed replica turn offline for everyone within ~12 s.
+//!
+//! A logout (LOGINOUT_MSG) is announced at once. A dropped connection (closed tab, network
+//! change, page reload) only after a grace period (`--presence-grace-ms`): until then the user
+//! counts as still here, and a reconnection before it ends announces nothing, so a client that
+//! comes back does not flap offline and online for all its friends and co-members.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fred::prelude::{
@@ -21,7 +26,8 @@ use fred::prelude::{
     SortedSetsInterface,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::bus::{Bus, BusEvent, Channel};
 use crate::error::StoreError;
@@ -38,6 +44,8 @@ const STATE_BATCH: usize = 256;
 const DEAD_AFTER_MS: i64 = 10_000;
 /// Sorted set of replicas by last heartbeat.
 const NODES_KEY: &str = "chat:nodes";
+/// How often the announcer looks for departures whose grace period has ended.
+const LINGER_TICK: Duration = Duration::from_millis(100);
 
 /// Adds a replica's field, returns how many replicas the user is on now.
 const ARRIVE: &str = "redis.call('HSET', KEYS[1], ARGV[1], 1) return redis.call('HLEN', KEYS[1])";
@@ -61,6 +69,80 @@ pub struct Presence {
     events: mpsc::UnboundedSender<Change>,
     /// Redis, in a cluster.
     redis: Option<Client>,
+    /// How long a dropped user counts as still here.
+    grace: Duration,
+    /// Users whose last connection here dropped less than `grace` ago.
+    lingering: Arc<Mutex<Lingering>>,
+}
+
+/// How a user's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// LOGINOUT_MSG: announced at once.
+    LoggedOut,
+    /// The connection closed or broke without a logout: announced after the grace period,
+    /// unless the user comes back before.
+    Dropped,
+}
+
+/// Users whose last connection on this replica dropped within the grace period: still online
+/// for everyone (their Redis field stays) until their departure is due.
+#[derive(Debug, Default)]
+struct Lingering {
+    /// user → (name, when the departure is due).
+    users: HashMap<i64, (Arc<str>, Instant)>,
+    /// Departures in due order; an entry whose user came back (or left again) is stale.
+    due: VecDeque<(Instant, i64)>,
+}
+
+impl Lingering {
+    /// `user` dropped: gone at `at` unless it comes back before.
+    fn linger(&mut self, user: i64, name: Arc<str>, at: Instant) {
+        self.users.insert(user, (name, at));
+        self.due.push_back((at, user));
+        self.count();
+    }
+
+    /// `user` is back (or left for good): whether it was lingering.
+    fn come_back(&mut self, user: i64) -> bool {
+        let was = self.users.remove(&user).is_some();
+        self.count();
+        was
+    }
+
+    fn count(&self) {
+        metrics::gauge!("chat_presence_lingering").set(self.users.len() as f64);
+    }
+
+    fn contains(&self, user: i64) -> bool {
+        self.users.contains_key(&user)
+    }
+
+    /// The departures due at `now`, removed.
+    fn take_due(&mut self, now: Instant) -> Vec<(i64, Arc<str>)> {
+        let mut out = Vec::new();
+        while let Some(&(at, user)) = self.due.front() {
+            if at > now {
+                break;
+            }
+            self.due.pop_front();
+            if self.users.get(&user).is_some_and(|(_, when)| *when == at)
+                && let Some((name, _)) = self.users.remove(&user)
+            {
+                out.push((user, name));
+            }
+        }
+        self.count();
+        out
+    }
+
+    /// Every pending departure, removed (at shutdown).
+    fn take_all(&mut self) -> Vec<(i64, Arc<str>)> {
+        self.due.clear();
+        let all = self.users.drain().map(|(u, (name, _))| (u, name)).collect();
+        self.count();
+        all
+    }
 }
 
 /// A change seen by this replica, processed in order by the announcer.
@@ -77,15 +159,19 @@ enum Change {
     Departed { user: i64, name: Arc<str> },
     /// A user was on a dead replica only.
     Orphaned { user: i64 },
+    /// Announce every lingering departure now, then answer (shutdown).
+    Drain(oneshot::Sender<()>),
 }
 
 impl Presence {
     /// Presence for a single node (from the hub) or a cluster (Redis, when `bus` has it).
+    /// `grace`: how long a user whose connection dropped still counts as here.
     pub async fn start(
         hub: Arc<Hub>,
         store: Store,
         bus: Bus,
         node: Arc<str>,
+        grace: Duration,
     ) -> anyhow::Result<Self> {
         let redis = bus.redis_connection().map(|r| r.client().clone());
         let (events, rx) = mpsc::unbounded_channel();
@@ -93,6 +179,8 @@ impl Presence {
             hub,
             events,
             redis: redis.clone(),
+            grace,
+            lingering: Arc::default(),
         };
         if let Some(client) = redis {
             // A previous life of this replica (same node id) may have left users behind.
@@ -102,10 +190,21 @@ impl Presence {
                 node.clone(),
                 presence.events.clone(),
             ));
-            tokio::spawn(reregister_task(client, node.clone(), presence.hub.clone()));
+            tokio::spawn(reregister_task(client, node.clone(), presence.clone()));
         }
-        tokio::spawn(announcer(rx, store, bus, presence.redis.clone(), node));
+        tokio::spawn(announcer(
+            rx,
+            store,
+            bus,
+            presence.redis.clone(),
+            node,
+            presence.lingering.clone(),
+        ));
         Ok(presence)
+    }
+
+    fn lingering(&self) -> MutexGuard<'_, Lingering> {
+        self.lingering.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `user` got a connection here (`first_local`: its first on this replica); `recipients`
@@ -117,7 +216,8 @@ impl Presence {
         first_local: bool,
         recipients: HashSet<i64>,
     ) {
-        if first_local {
+        // Back within the grace period: nobody was told it left, so nobody is told it came.
+        if first_local && !self.lingering().come_back(user) {
             let _ = self.events.send(Change::Arrived {
                 user,
                 name: name.clone(),
@@ -126,24 +226,45 @@ impl Presence {
         }
     }
 
-    /// `user` lost a connection here (`last_local`: its last on this replica).
-    pub fn disconnected(&self, user: i64, name: &Arc<str>, last_local: bool) {
-        if last_local {
-            let _ = self.events.send(Change::Departed {
-                user,
-                name: name.clone(),
-            });
+    /// `user` lost a connection here (`last_local`: its last on this replica), `how`.
+    pub fn disconnected(&self, user: i64, name: &Arc<str>, last_local: bool, how: Departure) {
+        if !last_local {
+            return;
         }
+        let mut lingering = self.lingering();
+        if how == Departure::Dropped && !self.grace.is_zero() {
+            lingering.linger(user, name.clone(), Instant::now() + self.grace);
+            return;
+        }
+        lingering.come_back(user);
+        let _ = self.events.send(Change::Departed {
+            user,
+            name: name.clone(),
+        });
+    }
+
+    /// Announces every lingering departure now and waits until that is done (at shutdown,
+    /// once the connections are closed).
+    pub async fn drain(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(Change::Drain(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Users here: connected, or dropped within the grace period.
+    fn here(&self, ids: &[i64]) -> HashSet<i64> {
+        let lingering = self.lingering();
+        ids.iter()
+            .copied()
+            .filter(|&u| self.hub.is_connected(u) || lingering.contains(u))
+            .collect()
     }
 
     /// Which of `ids` are online anywhere.
     pub async fn online(&self, ids: &[i64]) -> HashSet<i64> {
         let Some(client) = &self.redis else {
-            return ids
-                .iter()
-                .copied()
-                .filter(|&u| self.hub.is_connected(u))
-                .collect();
+            return self.here(ids);
         };
         if ids.is_empty() {
             return HashSet::new();
@@ -161,29 +282,57 @@ impl Presence {
                 .collect(),
             Err(e) => {
                 tracing::warn!("presence lookup: {e}; answering from this replica only");
-                ids.iter()
-                    .copied()
-                    .filter(|&u| self.hub.is_connected(u))
-                    .collect()
+                self.here(ids)
             }
         }
     }
 }
 
 /// Applies changes in order: updates Redis, and announces the ones that change the user's
-/// state cluster-wide.
+/// state cluster-wide. Lingering departures join the queue once due.
 async fn announcer(
     mut rx: mpsc::UnboundedReceiver<Change>,
     store: Store,
     bus: Bus,
     redis: Option<Client>,
     node: Arc<str>,
+    lingering: Arc<Mutex<Lingering>>,
 ) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, STATE_BATCH).await > 0 {
+    let mut tick = tokio::time::interval(LINGER_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, STATE_BATCH) => if n == 0 { break },
+            _ = tick.tick() => {}
+        }
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut drained = Vec::new();
+        for change in batch.drain(..) {
+            match change {
+                Change::Drain(done) => drained.push(done),
+                other => changes.push(other),
+            }
+        }
+        let departures = {
+            let mut lingering = lingering.lock().unwrap_or_else(|e| e.into_inner());
+            if !drained.is_empty() {
+                lingering.take_all()
+            } else if rx.is_empty() {
+                // After every change queued before it (the user's arrival among them).
+                lingering.take_due(Instant::now())
+            } else {
+                Vec::new()
+            }
+        };
+        changes.extend(
+            departures
+                .into_iter()
+                .map(|(user, name)| Change::Departed { user, name }),
+        );
         // The last transition of each user in this batch, written together below.
         let mut states: HashMap<i64, bool> = HashMap::new();
-        for change in batch.drain(..) {
+        for change in changes {
             if let Some((user, online)) = apply(&store, &bus, redis.as_ref(), &node, change).await {
                 states.insert(user, online);
             }
@@ -197,6 +346,9 @@ async fn announcer(
         };
         if let Err(e) = store.set_states(&ids(true), &ids(false)).await {
             tracing::warn!("recording presence in user.state: {e}");
+        }
+        for done in drained {
+            let _ = done.send(());
         }
     }
 }
@@ -242,6 +394,7 @@ async fn apply(
             (user, Some(name), false, None)
         }
         Change::Orphaned { user } => (user, None, false, None),
+        Change::Drain(_) => return None,
     };
     if let Err(e) = announce(store, bus, user, name, online, recipients).await {
         tracing::warn!(user, "presence announcement: {e}");
@@ -372,11 +525,13 @@ async fn reap(
     Ok(())
 }
 
-/// After Redis comes back (it keeps nothing on disk), registers this replica's users again.
-async fn reregister_task(client: Client, node: Arc<str>, hub: Arc<Hub>) {
+/// After Redis comes back (it keeps nothing on disk), registers this replica's users again
+/// (the lingering ones too: their departure is still to come).
+async fn reregister_task(client: Client, node: Arc<str>, presence: Presence) {
     let mut reconnects = client.reconnect_rx();
     while reconnects.recv().await.is_ok() {
-        let users = hub.local_users();
+        let mut users = presence.hub.local_users();
+        users.extend(presence.lingering().users.keys().copied());
         tracing::info!(
             users = users.len(),
             "redis reconnected: registering local users again"
@@ -385,5 +540,68 @@ async fn reregister_task(client: Client, node: Arc<str>, hub: Arc<Hub>) {
             let _: Result<i64, _> = client.sadd(node_users_key(&node), user).await;
             let _: Result<i64, _> = client.hset(presence_key(user), (&*node, 1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name() -> Arc<str> {
+        Arc::from("bob")
+    }
+
+    #[test]
+    fn a_departure_is_due_after_its_grace_unless_the_user_came_back() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(2);
+        let mut l = Lingering::default();
+        l.linger(1, name(), t0 + grace);
+        l.linger(2, name(), t0 + grace + Duration::from_millis(10));
+        assert!(l.contains(1) && l.contains(2));
+        assert!(
+            l.take_due(t0 + Duration::from_secs(1)).is_empty(),
+            "not yet"
+        );
+        assert!(l.come_back(2), "2 was lingering");
+        assert!(!l.come_back(3), "3 was not");
+        let due: Vec<i64> = l
+            .take_due(t0 + grace * 2)
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        assert_eq!(due, [1], "2 came back: never due");
+        assert!(!l.contains(1) && !l.contains(2));
+        assert!(l.due.is_empty(), "stale entries are dropped on the way");
+    }
+
+    #[test]
+    fn lingering_again_after_coming_back_takes_the_new_deadline() {
+        let t0 = Instant::now();
+        let mut l = Lingering::default();
+        l.linger(1, name(), t0 + Duration::from_secs(1));
+        l.come_back(1);
+        l.linger(1, name(), t0 + Duration::from_secs(3));
+        assert!(
+            l.take_due(t0 + Duration::from_secs(2)).is_empty(),
+            "the first deadline no longer counts"
+        );
+        assert_eq!(l.take_due(t0 + Duration::from_secs(3)).len(), 1);
+        // Lingering twice without coming back (a failed login in between) is one departure.
+        l.linger(4, name(), t0 + Duration::from_secs(4));
+        l.linger(4, name(), t0 + Duration::from_secs(5));
+        assert_eq!(l.take_due(t0 + Duration::from_secs(9)).len(), 1);
+    }
+
+    #[test]
+    fn take_all_empties_it() {
+        let t0 = Instant::now();
+        let mut l = Lingering::default();
+        l.linger(1, name(), t0 + Duration::from_secs(60));
+        l.linger(2, name(), t0 + Duration::from_secs(60));
+        let mut all: Vec<i64> = l.take_all().into_iter().map(|(u, _)| u).collect();
+        all.sort_unstable();
+        assert_eq!(all, [1, 2]);
+        assert!(!l.contains(1) && l.take_due(t0 + Duration::from_secs(61)).is_empty());
     }
 }

@@ -14,6 +14,7 @@ use crate::delivery::{ChatAck, ChatJob};
 use crate::error::{ServiceError, StoreError};
 use crate::hub::{ConnHandle, ConnId};
 use crate::limits::{self, LoginVerdict};
+use crate::presence::Departure;
 use crate::protocol::{
     self, ChatView, GroupView, HistoryPage, LoginId, Request, Secret, Target, UserView,
 };
@@ -76,7 +77,7 @@ pub async fn handle(
             if let Some(hash) = session.token_hash.take() {
                 state.store.delete_token(&hash).await?;
             }
-            end_session(state, session).await;
+            end_session(state, session, Departure::LoggedOut).await;
             Ok(Payload::new())
         }
         Request::Chat { .. } => Err(ServiceError::internal("dispatch", &"chat sent to handle()")),
@@ -144,8 +145,9 @@ pub async fn submit_chat(
 }
 
 /// Logs the connection out (LOGINOUT_MSG or disconnect): unregisters it, and announces the
-/// user offline when this was its last connection anywhere.
-pub async fn end_session(state: &AppState, session: &mut Session) {
+/// user offline when this was its last connection anywhere (after the grace period when the
+/// connection dropped).
+pub async fn end_session(state: &AppState, session: &mut Session, how: Departure) {
     let Some(user) = session.user.take() else {
         return;
     };
@@ -155,7 +157,7 @@ pub async fn end_session(state: &AppState, session: &mut Session) {
     }
     state
         .presence
-        .disconnected(user.id, &user.name, change.first_or_last);
+        .disconnected(user.id, &user.name, change.first_or_last, how);
     metrics::gauge!("chat_logged_in_sessions").decrement(1.0);
 }
 
@@ -257,7 +259,7 @@ async fn login(
         .chain(group_ids.iter().map(|&g| Channel::Group(g)))
         .collect();
     if let Err(e) = state.bus.sync(&channels).await {
-        end_session(state, session).await;
+        end_session(state, session, Departure::LoggedOut).await;
         return Err(ServiceError::Unavailable(e.to_string()));
     }
     match login_payload(state, &me, &group_ids).await {
@@ -269,7 +271,7 @@ async fn login(
             Ok(p)
         }
         Err(e) => {
-            end_session(state, session).await;
+            end_session(state, session, Departure::LoggedOut).await;
             Err(e)
         }
     }

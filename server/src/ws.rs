@@ -27,6 +27,7 @@ use crate::delivery::ChatAck;
 use crate::error::ServiceError;
 use crate::hub::ConnHandle;
 use crate::limits::{self, TokenBucket};
+use crate::presence::Departure;
 use crate::protocol::{self, Incoming, Request, msgid};
 use crate::service::{self, Payload, Session};
 use crate::socket::{self, Socket};
@@ -143,7 +144,12 @@ impl Connection {
             )
             .await;
         }
-        Box::pin(service::end_session(&self.state, &mut self.session)).await;
+        Box::pin(service::end_session(
+            &self.state,
+            &mut self.session,
+            Departure::Dropped,
+        ))
+        .await;
     }
 
     /// Pings the client, or ends a connection silent for the idle timeout.

@@ -32,9 +32,20 @@ struct Replica {
 }
 
 async fn replica(database_url: &str, redis: &Redis, node: &str) -> Replica {
+    replica_with(database_url, redis, node, |_| {}).await
+}
+
+/// [`replica`], with `tweak` applied to its configuration.
+async fn replica_with(
+    database_url: &str,
+    redis: &Redis,
+    node: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> Replica {
     let mut config = Config::for_database(database_url);
     config.redis_url = Some(redis.url());
     config.node_id = Some(node.into());
+    tweak(&mut config);
     let app = Application::build(config)
         .await
         .unwrap_or_else(|e| panic!("replica {node} starts: {e:?}"));
@@ -283,6 +294,64 @@ fn member_ids(group: &Value) -> Vec<i64> {
         .iter()
         .filter_map(|m| m["id"].as_i64())
         .collect()
+}
+
+/// With a grace period longer than this test's patience, anything announced within it was
+/// announced for the right reason: a logout, or a replica's shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_user_stays_online_through_the_grace_period_and_a_logout_is_announced_at_once() {
+    let db = TestDb::create(Backend::Mysql).await;
+    let redis = Redis::start();
+    let long_grace = |c: &mut Config| c.presence_grace_ms = 120_000;
+    let a = replica_with(db.url(), &redis, "node-a", long_grace).await;
+    let b = replica_with(db.url(), &redis, "node-b", long_grace).await;
+    let ann = register(a.port, "ann").await;
+    let bob = register(a.port, "bob").await;
+    let (mut ann_a, _) = login(a.port, ann, "ann").await;
+    ann_a.add_friend(bob).await;
+    let (bob_a, _) = login(a.port, bob, "bob").await;
+    presence(&mut ann_a, bob, "online").await;
+
+    // bob's connection drops and comes back: ann hears nothing in between.
+    drop(bob_a); // no close frame: the TCP connection just ends
+    let (mut bob_a, reply) = login(a.port, bob, "bob").await;
+    assert_eq!(array(&reply["friends"])[0]["state"], "online");
+    bob_a.chat_ok(ann, "back").await;
+    let next = ann_a.next_frame().await;
+    assert_eq!(next["msg"], "back", "no presence push before it: {next}");
+
+    // A logout is announced at once, grace or not.
+    bob_a.logout().await;
+    presence(&mut ann_a, bob, "offline").await;
+
+    // Dropped on node-b: still online for ann on node-a (Redis keeps node-b's field)...
+    let (bob_b, _) = login(b.port, bob, "bob").await;
+    presence(&mut ann_a, bob, "online").await;
+    drop(bob_b);
+    let (mut bob_b2, _) = login(b.port, bob, "bob").await;
+    bob_b2.logout().await;
+    presence(&mut ann_a, bob, "offline").await;
+    let (bob_b3, _) = login(b.port, bob, "bob").await;
+    presence(&mut ann_a, bob, "online").await;
+    drop(bob_b3);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let friends = ann_a.friends().await;
+        assert_eq!(friends[0]["state"], "online", "bob lingers on node-b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...until node-b shuts down: it announces its lingering users on the way out.
+    b.stop().await;
+    presence(&mut ann_a, bob, "offline").await;
+    assert!(
+        ann_a.buffered(19).is_empty(),
+        "one announcement per change: {:?}",
+        ann_a.buffered(19)
+    );
+
+    ann_a.close().await;
+    a.stop().await;
+    db.destroy().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,7 @@ use crate::error::ServiceError;
 use crate::http::HARD_MESSAGE_LIMIT;
 use crate::hub::{ConnHandle, ConnId};
 use crate::limits::{self, TokenBucket};
+use crate::presence::Departure;
 use crate::protocol::{self, ChatView, HISTORY_MAX_LIMIT, HistoryPage, Request, Target, msgid};
 use crate::service::{self, Session};
 
@@ -211,7 +212,7 @@ impl Connection {
         {
             tracing::debug!("revoking a legacy session's token: {e}");
         }
-        service::end_session(&self.state, &mut self.session).await;
+        service::end_session(&self.state, &mut self.session, Departure::Dropped).await;
         if let Some(login) = self.login.take() {
             login.cursors.close().await;
         }
