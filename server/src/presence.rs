@@ -261,8 +261,13 @@ impl Presence {
             .collect()
     }
 
-    /// Which of `ids` are online anywhere.
+    /// Which of `ids` are online anywhere (each looked up once, however often it is listed:
+    /// a login lists every co-member once per shared group).
     pub async fn online(&self, ids: &[i64]) -> HashSet<i64> {
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let ids = &unique[..];
         let Some(client) = &self.redis else {
             return self.here(ids);
         };
