@@ -143,6 +143,16 @@ impl Connection {
                 self.socket.send(Message::Close(Some(frame))),
             )
             .await;
+            // Read (and drop) what the client still sends, until its closing frame: a socket
+            // closed with unread input is reset, and the client may lose our close frame.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(message)) = self.socket.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
         Box::pin(service::end_session(
             &self.state,
