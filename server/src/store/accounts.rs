@@ -119,10 +119,7 @@ impl Store {
             .select_only()
             .filter(friend::Column::Userid.eq(id))
             .into_query();
-        let rows: Vec<(i64,)> = self
-            .rows(query, [Expr::col(friend::Column::Friendid)])
-            .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        self.ids(query, Expr::col(friend::Column::Friendid)).await
     }
 
     /// The user's friends with their names, by id.

@@ -161,10 +161,7 @@ impl Store {
             .select_only()
             .filter(groupuser::Column::Userid.eq(uid))
             .into_query();
-        let rows: Vec<(i64,)> = self
-            .rows(query, [Expr::col(groupuser::Column::Groupid)])
-            .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        self.ids(query, Expr::col(groupuser::Column::Groupid)).await
     }
 
     /// One group with its members.

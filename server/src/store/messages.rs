@@ -378,15 +378,15 @@ impl Store {
                 .order_by_asc(message::Column::Seq),
         };
         let mut rows = self.messages(q.limit(u64::from(limit) + 1)).await?;
-        // Nearest to the cursor first, to cut the extra row off the far end.
-        match page {
-            HistoryPage::After(_) => rows.sort_unstable_by_key(|m| m.seq),
-            _ => rows.sort_unstable_by_key(|m| std::cmp::Reverse(m.seq)),
-        }
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        if !matches!(page, HistoryPage::After(_)) {
-            rows.reverse();
+        // The extra row, if any, is the one farthest from the cursor.
+        rows.sort_unstable_by_key(|m| m.seq);
+        let limit = limit as usize;
+        let more = rows.len() > limit;
+        if more {
+            match page {
+                HistoryPage::After(_) => rows.truncate(limit),
+                _ => drop(rows.drain(..rows.len() - limit)),
+            }
         }
         Ok((rows, more))
     }

@@ -49,6 +49,16 @@ impl Store {
         };
         unpack(&json)
     }
+
+    /// The values of one integer `field` in the rows of `base` (see [`Store::rows`]).
+    pub(crate) async fn ids(
+        &self,
+        base: SelectStatement,
+        field: Expr,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = self.rows(base, [field]).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
 }
 
 /// Reads the JSON array of rows SQLite packed (each row an array of its fields).
