@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -243,6 +244,13 @@ impl Application {
         tracing::info!(node = %state.node, addr = %listener.local_addr()?, "clusterchat listening");
         let router = http::router(state.clone());
         let mut stop = state.shutdown.clone();
+        // No Nagle: a reply's or push's last small segment must not wait for the ACK of the
+        // one before (up to the peer's 40 ms delayed ACK).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY not set: {e}");
+            }
+        });
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

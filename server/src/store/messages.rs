@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, OnConflict, SelectStatement};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 use super::Store;
@@ -377,7 +377,8 @@ impl Store {
                 .filter(message::Column::Seq.gt(a))
                 .order_by_asc(message::Column::Seq),
         };
-        let mut rows = self.messages(q.limit(u64::from(limit) + 1)).await?;
+        let q = q.select_only().limit(u64::from(limit) + 1).into_query();
+        let mut rows = self.messages(q).await?;
         // The extra row, if any, is the one farthest from the cursor.
         rows.sort_unstable_by_key(|m| m.seq);
         let limit = limit as usize;
@@ -421,85 +422,49 @@ impl Store {
         Ok(())
     }
 
-    /// The unread backlog of `uid`: in each 1:1 conversation and each of `groups`, messages
-    /// above the user's cursor not sent by the user, the newest 200 of each, ordered by
-    /// (time, message_id).
+    /// The unread backlog of `uid`: in each 1:1 conversation and each of `groups`, the messages
+    /// above the user's cursor among the conversation's newest 200 (seqs are contiguous), not
+    /// sent by the user, ordered by (time, message_id).
     pub async fn unread(
         &self,
         uid: i64,
         groups: &[i64],
     ) -> Result<Vec<message::Model>, StoreError> {
-        let mut cond = Condition::any()
-            .add(conversation::Column::UserLo.eq(uid))
-            .add(conversation::Column::UserHi.eq(uid));
-        if !groups.is_empty() {
-            cond = cond.add(conversation::Column::Groupid.is_in(groups.iter().copied()));
-        }
-        // Only the conversations with something above the user's cursor: (id, last seq, cursor).
-        let cursor = Expr::col((read_cursor::Entity, read_cursor::Column::Seq)).if_null(0i64);
-        let last_seq = Expr::col((conversation::Entity, conversation::Column::LastSeq));
-        let mut query = conversation::Entity::find()
-            .select_only()
-            .filter(cond)
-            .filter(last_seq.clone().gt(cursor.clone()))
-            .into_query();
-        query.left_join(
-            read_cursor::Entity,
-            Expr::col((read_cursor::Entity, read_cursor::Column::Conv))
-                .equals((conversation::Entity, conversation::Column::Id))
-                .and(Expr::col((read_cursor::Entity, read_cursor::Column::Userid)).eq(uid)),
-        );
-        let id = Expr::col((conversation::Entity, conversation::Column::Id));
-        let convs: Vec<(i64, i64, i64)> = self.rows(query, [id, last_seq, cursor]).await?;
-        // Conversations with at most 200 messages above the cursor are read together, a
-        // hundred at a time; busier ones one by one, their newest 200.
-        let mut light = Vec::new();
-        let mut out = Vec::new();
-        for (conv, last_seq, from) in convs {
-            if last_seq - from <= UNREAD_PER_CONVERSATION as i64 {
-                light.push((conv, from));
-                continue;
+        let mut out = if self.backend() == DatabaseBackend::Sqlite {
+            // One query (each is a hand-off to SQLite's worker thread and back).
+            self.messages(unread_messages(uid, groups)).await?
+        } else {
+            // MySQL may not bound the message index range by a value of the outer row: the
+            // conversations first, then their messages by explicit ranges.
+            let (convs, [id, last_seq, cursor]) = unread_conversations(uid, groups);
+            let found: Vec<(i64, i64, i64)> = self.rows(convs, [id, last_seq, cursor]).await?;
+            let mut out = Vec::new();
+            // A hundred conversations per query, each from where its backlog starts.
+            for chunk in found.chunks(100) {
+                let mut above = Condition::any();
+                for &(conv, last_seq, cursor) in chunk {
+                    let from = Ord::max(cursor, last_seq - UNREAD_PER_CONVERSATION as i64);
+                    above = above.add(
+                        Condition::all()
+                            .add(message::Column::Conv.eq(conv))
+                            .add(message::Column::Seq.gt(from)),
+                    );
+                }
+                let select = message::Entity::find()
+                    .select_only()
+                    .filter(above)
+                    .filter(message::Column::Sender.ne(uid));
+                out.extend(self.messages(select.into_query()).await?);
             }
-            let rows = self
-                .messages(
-                    message::Entity::find()
-                        .filter(message::Column::Conv.eq(conv))
-                        .filter(message::Column::Seq.gt(from))
-                        .filter(message::Column::Sender.ne(uid))
-                        .order_by_desc(message::Column::Seq)
-                        .limit(UNREAD_PER_CONVERSATION),
-                )
-                .await?;
-            out.extend(rows);
-        }
-        for chunk in light.chunks(100) {
-            let mut above = Condition::any();
-            for (conv, from) in chunk {
-                above = above.add(
-                    Condition::all()
-                        .add(message::Column::Conv.eq(*conv))
-                        .add(message::Column::Seq.gt(*from)),
-                );
-            }
-            let rows = self
-                .messages(
-                    message::Entity::find()
-                        .filter(above)
-                        .filter(message::Column::Sender.ne(uid)),
-                )
-                .await?;
-            out.extend(rows);
-        }
+            out
+        };
         out.sort_by_key(|m| (m.sent_at, m.id));
         Ok(out)
     }
 
-    /// The messages `select` finds (a `find()` with its filters, order and limit), in no
-    /// particular order: see [`Store::rows`].
-    async fn messages(
-        &self,
-        select: Select<message::Entity>,
-    ) -> Result<Vec<message::Model>, StoreError> {
+    /// The messages `select` finds (its FROM, joins, filters, order and limit; no columns of
+    /// its own), in no particular order: see [`Store::rows`].
+    async fn messages(&self, select: SelectStatement) -> Result<Vec<message::Model>, StoreError> {
         use message::Column as C;
         let fields = [
             C::Id,
@@ -513,7 +478,7 @@ impl Store {
             C::Txnid,
         ]
         .map(|c| Expr::col((message::Entity, c)));
-        let rows: Vec<MessageRow> = self.rows(select.select_only().into_query(), fields).await?;
+        let rows: Vec<MessageRow> = self.rows(select, fields).await?;
         Ok(rows
             .into_iter()
             .map(
@@ -546,9 +511,92 @@ type MessageRow = (
     Option<String>,
 );
 
+/// The conversations of `uid` (1:1 and `groups`) with messages above the user's cursor, joined
+/// to the cursor (no columns), and the expressions of their id, last seq and cursor.
+fn unread_conversations(uid: i64, groups: &[i64]) -> (SelectStatement, [Expr; 3]) {
+    let mut mine = Condition::any()
+        .add(conversation::Column::UserLo.eq(uid))
+        .add(conversation::Column::UserHi.eq(uid));
+    if !groups.is_empty() {
+        mine = mine.add(conversation::Column::Groupid.is_in(groups.iter().copied()));
+    }
+    let cursor = Expr::col((read_cursor::Entity, read_cursor::Column::Seq)).if_null(0i64);
+    let last_seq = Expr::col((conversation::Entity, conversation::Column::LastSeq));
+    let mut convs = conversation::Entity::find()
+        .select_only()
+        .filter(mine)
+        .filter(last_seq.clone().gt(cursor.clone()))
+        .into_query();
+    convs.left_join(
+        read_cursor::Entity,
+        Expr::col((read_cursor::Entity, read_cursor::Column::Conv))
+            .equals((conversation::Entity, conversation::Column::Id))
+            .and(Expr::col((read_cursor::Entity, read_cursor::Column::Userid)).eq(uid)),
+    );
+    let id = Expr::col((conversation::Entity, conversation::Column::Id));
+    (convs, [id, last_seq, cursor])
+}
+
+/// The unread backlog of `uid` as one query (no columns): [`unread_conversations`] joined to
+/// their messages through the (conv, seq) index from where each backlog starts.
+fn unread_messages(uid: i64, groups: &[i64]) -> SelectStatement {
+    let (mut convs, [_, last_seq, cursor]) = unread_conversations(uid, groups);
+    let start = Func::greatest([cursor, last_seq.sub(UNREAD_PER_CONVERSATION as i64)]);
+    convs.inner_join(
+        message::Entity,
+        Expr::col((message::Entity, message::Column::Conv))
+            .equals((conversation::Entity, conversation::Column::Id))
+            .and(Expr::col((message::Entity, message::Column::Seq)).gt(start)),
+    );
+    convs.and_where(Expr::col((message::Entity, message::Column::Sender)).ne(uid));
+    convs
+}
+
 fn same_message(stored: &message::Model, new: &NewMessage<'_>) -> bool {
     stored.conv == new.conv
         && stored.toid == new.toid
         && stored.groupid == new.groupid
         && stored.msg == new.msg
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::sea_query::SqliteQueryBuilder;
+    use sea_orm::{DbBackend, Statement};
+
+    use super::*;
+
+    /// The plan SQLite picks for the one-query backlog: a bad join order would scan every
+    /// message ever sent at each login.
+    #[tokio::test]
+    async fn sqlite_reads_the_backlog_from_each_conversation_through_the_message_index() {
+        let store = Store::connect("sqlite::memory:", 1, false)
+            .await
+            .expect("an in-memory database");
+        let mut query = unread_messages(7, &[1, 2]);
+        query.column((message::Entity, message::Column::Id));
+        let (sql, values) = query.build(SqliteQueryBuilder);
+        let plan = store
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!("EXPLAIN QUERY PLAN {sql}"),
+                values,
+            ))
+            .await
+            .expect("a plan");
+        let steps: Vec<String> = plan
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(3).unwrap_or_default())
+            .collect();
+        let at = |needle: &str| steps.iter().position(|s| s.contains(needle));
+        let message = at("SEARCH message USING INDEX ux_message_conv_seq (conv=? AND seq>?)");
+        let cursor = at("SEARCH read_cursor");
+        assert!(message.is_some(), "{steps:?}");
+        assert!(at("SCAN").is_none(), "no table is scanned: {steps:?}");
+        assert!(
+            cursor < message,
+            "conversations and cursors first: {steps:?}"
+        );
+    }
 }

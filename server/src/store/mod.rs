@@ -42,6 +42,10 @@ impl Store {
             .min_connections(1)
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings every connection it hands out by default: one more round trip (for
+            // SQLite, a hand-off to its worker thread and back) before every query. Only a
+            // connection idle long enough to have been dropped by the server is pinged.
+            .test_before_acquire_if_idle_for(Duration::from_secs(30))
             .sqlx_logging(false);
         let synchronous = if fsync_every_commit {
             sea_orm::sqlx::sqlite::SqliteSynchronous::Full

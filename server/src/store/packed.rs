@@ -42,7 +42,7 @@ impl Store {
         let packed = Query::select()
             .expr(Func::cust("json_group_array").arg(row))
             .from_subquery(base, "packed")
-            .to_owned();
+            .take();
         let json: String = match self.db.query_one(&packed).await? {
             Some(row) => row.try_get_by_index(0)?,
             None => return Ok(Vec::new()),
