@@ -365,6 +365,7 @@ mod tests {
                     role: "normal".into(),
                 })
                 .collect(),
+            template: Default::default(),
         })
     }
 

@@ -788,6 +788,59 @@ pub struct GroupView<'a> {
     pub users: Vec<UserView<'a>>,
 }
 
+/// A group as [`GroupView`] renders it, but for each member's `state`, which is filled in at
+/// each use: the names, roles and description are escaped once per group, not at every login
+/// of each of its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupTemplate {
+    /// The group's object up to its members: `{"groupdesc":…,"id":…,"users":[`.
+    head: String,
+    /// Each member's id and its object up to the value of its state: `{"id":…,"state":"`.
+    members: Vec<(i64, String)>,
+}
+
+impl GroupTemplate {
+    /// The template of `view` (the states in it are not used).
+    pub fn new(view: &GroupView<'_>) -> Self {
+        let mut head = render(&GroupView {
+            groupdesc: view.groupdesc,
+            groupname: view.groupname,
+            id: view.id,
+            users: Vec::new(),
+        });
+        head.truncate(head.len() - "]}".len());
+        let members = view
+            .users
+            .iter()
+            .map(|u| {
+                let mut member = render(&UserView {
+                    id: u.id,
+                    name: u.name,
+                    role: u.role,
+                    state: "",
+                });
+                member.truncate(member.len() - "\"}".len());
+                (u.id, member)
+            })
+            .collect();
+        GroupTemplate { head, members }
+    }
+
+    /// Appends the group's JSON to `out`, each member "online" when `online` says so.
+    pub fn render_into(&self, out: &mut String, online: impl Fn(i64) -> bool) {
+        out.push_str(&self.head);
+        for (i, (id, member)) in self.members.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(member);
+            out.push_str(if online(*id) { "online" } else { "offline" });
+            out.push_str("\"}");
+        }
+        out.push_str("]}");
+    }
+}
+
 /// A chat object: a push of msgid 6 or 10, an element of `offlinemsg` or `messages`.
 #[derive(Debug, Serialize)]
 pub struct ChatView<'a> {
@@ -1224,6 +1277,41 @@ mod tests {
                    "users": [{"id": 1, "name": "x", "role": "creator", "state": "offline"}]})
             .to_string()
         );
+    }
+
+    #[test]
+    fn a_group_template_renders_what_the_group_view_renders() {
+        let users = [
+            (1, "a\"b\\c\u{1}é", Some("creator"), "online"),
+            (2, "x", Some("normal"), "offline"),
+            (3, "", None, "online"),
+        ];
+        let view = |states: bool| GroupView {
+            groupdesc: "line\nbreak \"quoted\"",
+            groupname: "</script>",
+            id: 9,
+            users: users
+                .iter()
+                .map(|&(id, name, role, state)| UserView {
+                    id,
+                    name,
+                    role,
+                    state: if states { state } else { "offline" },
+                })
+                .collect(),
+        };
+        let template = GroupTemplate::new(&view(false));
+        let mut out = String::new();
+        template.render_into(&mut out, |id| id != 2);
+        assert_eq!(out, render(&view(true)));
+
+        let empty = GroupView {
+            users: Vec::new(),
+            ..view(true)
+        };
+        let mut out = String::new();
+        GroupTemplate::new(&empty).render_into(&mut out, |_| true);
+        assert_eq!(out, render(&empty));
     }
 
     #[test]

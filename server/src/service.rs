@@ -16,9 +16,10 @@ use crate::hub::{ConnHandle, ConnId};
 use crate::limits::{self, LoginVerdict};
 use crate::presence::Departure;
 use crate::protocol::{
-    self, ChatView, GroupView, HistoryPage, LoginId, Request, Secret, Target, UserView,
+    self, ChatView, GroupTemplate, GroupView, HistoryPage, LoginId, Request, Secret, Target,
+    UserView,
 };
-use crate::store::accounts::UserRow;
+use crate::store::accounts::{Ties, UserRow};
 use crate::store::groups::{GroupInfo, JoinOutcome, QuitOutcome};
 
 /// The logged-in user of a connection.
@@ -247,8 +248,8 @@ async fn login(
         name: account.name,
     };
     // Live channels first, then the backlog: a push may precede the reply, never be missed.
-    let group_ids = state.store.group_ids_of(me.id).await?;
-    let change = state.hub.attach(me.id, handle.clone(), &group_ids);
+    let ties = state.store.ties(me.id).await?;
+    let change = state.hub.attach(me.id, handle.clone(), &ties.groups);
     session.user = Some(me.clone());
     session.token_hash = Some(token_hash);
     metrics::gauge!("chat_logged_in_sessions").increment(1.0);
@@ -256,13 +257,13 @@ async fn login(
     // subscribed (also one another path asked for a moment ago), so the groups loaded below
     // may be cached.
     let channels: Vec<Channel> = std::iter::once(Channel::User(me.id))
-        .chain(group_ids.iter().map(|&g| Channel::Group(g)))
+        .chain(ties.groups.iter().map(|&g| Channel::Group(g)))
         .collect();
     if let Err(e) = state.bus.sync(&channels).await {
         end_session(state, session, Departure::LoggedOut).await;
         return Err(ServiceError::Unavailable(e.to_string()));
     }
-    match login_payload(state, &me, &group_ids).await {
+    match login_payload(state, &me, ties).await {
         Ok((mut p, recipients)) => {
             state
                 .presence
@@ -282,17 +283,17 @@ async fn login(
 async fn login_payload(
     state: &AppState,
     me: &SessionUser,
-    group_ids: &[i64],
+    ties: Ties,
 ) -> Result<(Payload, HashSet<i64>), ServiceError> {
-    let friends = state.store.friends(me.id).await?;
-    let groups = groups_info(state, group_ids, true).await?;
+    let friends = state.store.rows_of(ties.friends).await?;
+    let groups = groups_info(state, &ties.groups, true).await?;
     let recipients: HashSet<i64> = friends
         .iter()
         .map(|f| f.id)
         .chain(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)))
         .filter(|&id| id != me.id)
         .collect();
-    let unread = state.store.unread(me.id, group_ids).await?;
+    let unread = state.store.unread(me.id, &ties.groups).await?;
     let senders: Vec<i64> = unread.iter().map(|m| m.sender).collect();
     let names = state.store.user_names(&senders).await?;
     let offline: Vec<ChatView> = unread
@@ -462,10 +463,9 @@ async fn group_payload(state: &AppState, gid: i64) -> Result<Payload, ServiceErr
         .await?
         .ok_or_else(|| no_such_group(gid))?;
     let online = members_online(state, &group).await;
-    Ok(rendered(
-        "group",
-        protocol::render(&group_view(&group, &online)),
-    ))
+    let mut json = String::new();
+    render_group(&group, &online, &mut json);
+    Ok(rendered("group", json))
 }
 
 /// The group, if `uid` is a member (404 / 403 otherwise).
@@ -633,10 +633,21 @@ async fn groups_json(state: &AppState, groups: &[Arc<GroupInfo>]) -> String {
         .flat_map(|g| g.members.iter().map(|m| m.id))
         .collect();
     let online = online_of(state, &ids).await;
-    protocol::render(
-        &groups
-            .iter()
-            .map(|g| group_view(g, &online))
-            .collect::<Vec<_>>(),
-    )
+    let mut out = String::from("[");
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        render_group(g, &online, &mut out);
+    }
+    out.push(']');
+    out
+}
+
+/// Appends `group` (its template, made on first use) with its members' presence.
+fn render_group(group: &GroupInfo, online: &HashSet<i64>, out: &mut String) {
+    group
+        .template
+        .get_or_init(|| GroupTemplate::new(&group_view(group, &HashSet::new())))
+        .render_into(out, |id| online.contains(&id));
 }

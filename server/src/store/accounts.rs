@@ -4,12 +4,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, UnionType};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait, TransactionTrait};
 
 use super::Store;
-use super::entities::{friend, session_token, user};
+use super::entities::{friend, groupuser, session_token, user};
 use crate::error::StoreError;
+
+/// The ids a user is tied to: its groups and its friends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ties {
+    /// Groups the user belongs to.
+    pub groups: Vec<i64>,
+    /// The user's friends.
+    pub friends: Vec<i64>,
+}
 
 /// A user as other users see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +129,38 @@ impl Store {
             .filter(friend::Column::Userid.eq(id))
             .into_query();
         self.ids(query, Expr::col(friend::Column::Friendid)).await
+    }
+
+    /// The user's groups and friends, read together (one query: a login needs both).
+    pub async fn ties(&self, uid: i64) -> Result<Ties, StoreError> {
+        const GROUP: i64 = 0;
+        const FRIEND: i64 = 1;
+        let (kind, id) = (Alias::new("kind"), Alias::new("id"));
+        let mut both = Query::select()
+            .expr_as(Expr::val(GROUP), kind.clone())
+            .expr_as(Expr::col(groupuser::Column::Groupid), id.clone())
+            .from(groupuser::Entity)
+            .and_where(Expr::col(groupuser::Column::Userid).eq(uid))
+            .take();
+        both.union(
+            UnionType::All,
+            Query::select()
+                .expr_as(Expr::val(FRIEND), kind.clone())
+                .expr_as(Expr::col(friend::Column::Friendid), id.clone())
+                .from(friend::Entity)
+                .and_where(Expr::col(friend::Column::Userid).eq(uid))
+                .take(),
+        );
+        let base = Query::select().from_subquery(both, "ties").take();
+        let rows: Vec<(i64, i64)> = self.rows(base, [Expr::col(kind), Expr::col(id)]).await?;
+        let mut ties = Ties::default();
+        for (kind, id) in rows {
+            match kind {
+                GROUP => ties.groups.push(id),
+                _ => ties.friends.push(id),
+            }
+        }
+        Ok(ties)
     }
 
     /// The user's friends with their names, by id.

@@ -3,7 +3,7 @@
 //! write lock up front).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{Expr, OnConflict, Query};
@@ -15,6 +15,7 @@ use sea_orm::{
 use super::Store;
 use super::entities::{allgroup, conversation, groupuser, message, read_cursor};
 use crate::error::StoreError;
+use crate::protocol::GroupTemplate;
 
 /// Role of the group's creator (or of whoever inherited it).
 pub const ROLE_CREATOR: &str = "creator";
@@ -43,6 +44,9 @@ pub struct GroupInfo {
     pub groupdesc: String,
     /// Members, earliest joined first.
     pub members: Vec<Member>,
+    /// The group as lists render it, made at its first use (a `GroupInfo` never changes: a
+    /// change of members loads a new one).
+    pub template: OnceLock<GroupTemplate>,
 }
 
 /// What joining a group did.
@@ -203,6 +207,7 @@ impl Store {
                 id: g.id,
                 groupname: g.groupname,
                 groupdesc: g.groupdesc,
+                template: OnceLock::new(),
             })
             .collect())
     }
