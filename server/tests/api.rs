@@ -110,3 +110,29 @@ backend_suite! {
         metrics_expose_connection_and_frame_counters_as_prometheus_text,
     ],
 }
+
+/// MariaDB sessions run READ COMMITTED (PostgreSQL's default): under InnoDB's REPEATABLE READ
+/// the seq reservation of a batch, planned as a full index scan on a small table, kept every
+/// conversation row locked until COMMIT and two replicas wrote one after the other.
+#[tokio::test]
+async fn mariadb_sessions_run_read_committed() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let db = common::TestDb::create(common::Backend::Mysql).await;
+    let store = chat_server::store::Store::connect(db.url(), 2, false)
+        .await
+        .expect("the store connects and migrates");
+    let row = store
+        .connection()
+        .query_one_raw(Statement::from_string(
+            DbBackend::MySql,
+            "SELECT @@SESSION.tx_isolation",
+        ))
+        .await
+        .expect("the isolation level")
+        .expect("one row");
+    let level: String = row.try_get_by_index(0).expect("a string");
+    assert_eq!(level, "READ-COMMITTED");
+    store.close().await;
+    db.destroy().await;
+}

@@ -68,6 +68,9 @@ impl RedisBus {
             .with_connection_config(|c| {
                 c.connection_timeout = COMMAND_TIMEOUT;
                 c.internal_command_timeout = COMMAND_TIMEOUT;
+                // No Nagle: a small command written while an earlier one is unacknowledged
+                // would wait for Redis's delayed ACK (40 ms and more).
+                c.tcp.nodelay = Some(true);
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         // The publisher receives no messages: fred's default event buffers (32) do.

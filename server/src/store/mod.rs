@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::Executor;
 use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
 
 use crate::error::StoreError;
@@ -58,6 +59,20 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(false)
                 .row_buffer_size(1024)
+        });
+        // MySQL/MariaDB sessions run READ COMMITTED, PostgreSQL's default: under InnoDB's
+        // REPEATABLE READ an UPDATE keeps a lock on every row it scans, matching or not, and
+        // the seq reservation of a batch (`WHERE id IN (…)` over a few hundred of a small
+        // table's conversations) is planned as a full index scan, so each replica's batch
+        // locked every conversation until its COMMIT and the replicas wrote one at a time.
+        opts.map_sqlx_mysql_pool_opts(|pool| {
+            pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await
+                        .map(drop)
+                })
+            })
         });
         let db = Database::connect(opts).await?;
         Migrator::up(&db, None).await?;
