@@ -87,7 +87,8 @@ pub async fn handle(
         Request::FriendList => {
             let me = session.user()?;
             let friends = state.store.friends(me.id).await?;
-            Ok(rendered("friends", users_json(state, &friends).await))
+            let online = online_of(state, &friends.iter().map(|u| u.id).collect::<Vec<_>>()).await;
+            Ok(rendered("friends", users_json(&friends, &online)))
         }
         Request::CreateGroup {
             groupname,
@@ -100,7 +101,8 @@ pub async fn handle(
             let ids = state.store.group_ids_of(me.id).await?;
             // Not kept: a group joined a moment ago may not be subscribed yet.
             let groups = groups_info(state, &ids, false).await?;
-            Ok(rendered("groups", groups_json(state, &groups).await))
+            let online = online_of(state, &member_ids(&groups)).await;
+            Ok(rendered("groups", groups_json(&groups, &online)))
         }
         Request::GroupMembers { groupid } => {
             let me = session.user()?;
@@ -287,12 +289,13 @@ async fn login_payload(
 ) -> Result<(Payload, HashSet<i64>), ServiceError> {
     let friends = state.store.rows_of(ties.friends).await?;
     let groups = groups_info(state, &ties.groups, true).await?;
-    let recipients: HashSet<i64> = friends
+    // Everyone the two lists show, the user included (as a member of its groups).
+    let listed: HashSet<i64> = friends
         .iter()
         .map(|f| f.id)
-        .chain(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)))
-        .filter(|&id| id != me.id)
+        .chain(member_ids(&groups))
         .collect();
+    let recipients: HashSet<i64> = listed.iter().copied().filter(|&id| id != me.id).collect();
     let unread = state.store.unread(me.id, &ties.groups).await?;
     let senders: Vec<i64> = unread.iter().map(|m| m.sender).collect();
     let names = state.store.user_names(&senders).await?;
@@ -304,8 +307,10 @@ async fn login_payload(
     p.insert("id", me.id.into());
     p.insert("name", (*me.name).into());
     p.insert("node", (*state.node).into());
-    p.insert_rendered("friends", users_json(state, &friends).await);
-    p.insert_rendered("groups", groups_json(state, &groups).await);
+    // One presence lookup for both lists (in a cluster, one Redis pipeline).
+    let online = online_of(state, &listed.into_iter().collect::<Vec<_>>()).await;
+    p.insert_rendered("friends", users_json(&friends, &online));
+    p.insert_rendered("groups", groups_json(&groups, &online));
     p.insert_rendered("offlinemsg", protocol::render(&offline));
     Ok((p, recipients))
 }
@@ -593,13 +598,12 @@ fn user_view<'a>(u: &'a UserRow, online: &HashSet<i64>) -> UserView<'a> {
     }
 }
 
-/// The users as a rendered list, with their presence.
-async fn users_json(state: &AppState, users: &[UserRow]) -> String {
-    let online = online_of(state, &users.iter().map(|u| u.id).collect::<Vec<_>>()).await;
+/// The users as a rendered list, each "online" when in `online`.
+fn users_json(users: &[UserRow], online: &HashSet<i64>) -> String {
     protocol::render(
         &users
             .iter()
-            .map(|u| user_view(u, &online))
+            .map(|u| user_view(u, online))
             .collect::<Vec<_>>(),
     )
 }
@@ -626,19 +630,22 @@ fn group_view<'a>(g: &'a GroupInfo, online: &HashSet<i64>) -> GroupView<'a> {
     }
 }
 
-/// The groups with their members as a rendered list, with the members' presence.
-async fn groups_json(state: &AppState, groups: &[Arc<GroupInfo>]) -> String {
-    let ids: Vec<i64> = groups
+/// Every member of `groups` (a user in several groups as often as it is listed).
+fn member_ids(groups: &[Arc<GroupInfo>]) -> Vec<i64> {
+    groups
         .iter()
         .flat_map(|g| g.members.iter().map(|m| m.id))
-        .collect();
-    let online = online_of(state, &ids).await;
+        .collect()
+}
+
+/// The groups with their members as a rendered list, each member "online" when in `online`.
+fn groups_json(groups: &[Arc<GroupInfo>], online: &HashSet<i64>) -> String {
     let mut out = String::from("[");
     for (i, g) in groups.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        render_group(g, &online, &mut out);
+        render_group(g, online, &mut out);
     }
     out.push(']');
     out
