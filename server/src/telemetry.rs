@@ -2,8 +2,11 @@
 
 use std::sync::OnceLock;
 
+use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+
+use crate::protocol::msgid;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -50,6 +53,28 @@ fn describe() {
         "chat_slow_consumer_disconnects_total",
         "Connections closed because their push queue was full"
     );
+}
+
+/// `chat_frames_out_total` of the frames of msgid `id` (unknown ids: `other`). The counters are
+/// registered at the first call (after [`install_metrics`]) and reused: `metrics::counter!`
+/// builds and looks its key up at each call, 4 % of a busy replica's CPU for two frames a message.
+pub fn frames_out(id: i64) -> &'static Counter {
+    static COUNTERS: OnceLock<Vec<Counter>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        (0..=msgid::RESYNC)
+            .map(|id| metrics::counter!("chat_frames_out_total", "msgid" => msgid::label(id)))
+            .collect()
+    });
+    usize::try_from(id)
+        .ok()
+        .and_then(|i| counters.get(i))
+        .unwrap_or(&counters[0])
+}
+
+/// `chat_replies_total` of successful replies (errno 0), registered once (see [`frames_out`]).
+pub fn replies_ok() -> &'static Counter {
+    static COUNTER: OnceLock<Counter> = OnceLock::new();
+    COUNTER.get_or_init(|| metrics::counter!("chat_replies_total", "errno" => "0"))
 }
 
 /// The metrics in Prometheus text format.

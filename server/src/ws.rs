@@ -31,6 +31,7 @@ use crate::presence::Departure;
 use crate::protocol::{self, Incoming, Request, msgid};
 use crate::service::{self, Payload, Session};
 use crate::socket::{self, Socket};
+use crate::telemetry;
 
 /// Chat sends one connection may have in flight.
 const MAX_IN_FLIGHT: usize = 256;
@@ -404,7 +405,7 @@ pub fn reply_text(
 
 /// The ack of a stored and published chat message.
 fn chat_ack_text(request_msgid: i64, reqid: Option<i64>, ack: &ChatAck) -> String {
-    metrics::counter!("chat_replies_total", "errno" => "0").increment(1);
+    telemetry::replies_ok().increment(1);
     protocol::chat_ack_frame(request_msgid, reqid, ack.message_id, ack.seq, ack.time_ms)
 }
 
@@ -448,5 +449,5 @@ fn count_out(frame: &str) {
             rest[..end].parse::<i64>().ok()
         })
         .unwrap_or(0);
-    metrics::counter!("chat_frames_out_total", "msgid" => msgid::label(id)).increment(1);
+    telemetry::frames_out(id).increment(1);
 }

@@ -14,6 +14,9 @@ pub async fn metrics_expose_connection_and_frame_counters_as_prometheus_text(app
     let mut client = app.client().await;
     let reply = client.request(json!({"msgid": 99})).await;
     assert_ack(&reply, 99, 400);
+    let mut alice = app.user("alice").await;
+    let bob = app.registered("bob").await;
+    alice.chat_ok(bob, "counted").await;
 
     let (status, head, body) = http_get(app.port, "/metrics").await;
     assert_eq!(status, 200, "{head}");
@@ -35,4 +38,15 @@ pub async fn metrics_expose_connection_and_frame_counters_as_prometheus_text(app
         names.iter().any(|n| n.contains("frame")),
         "a frame metric: {body}"
     );
+    // The counters registered once and reused (telemetry::frames_out, replies_ok) count.
+    for series in [
+        "chat_frames_out_total{msgid=\"ack\"}",
+        "chat_replies_total{errno=\"0\"}",
+    ] {
+        let count = body
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(count.is_some_and(|c| c >= 1.0), "{series}: {body}");
+    }
 }
