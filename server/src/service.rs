@@ -289,8 +289,9 @@ async fn login_payload(
 ) -> Result<(Payload, HashSet<i64>), ServiceError> {
     let friends = state.store.rows_of(ties.friends).await?;
     let groups = groups_info(state, &ties.groups, true).await?;
-    // Everyone the two lists show, the user included (as a member of its groups).
-    let listed: HashSet<i64> = friends
+    // Everyone the two lists show, the user included (as a member of its groups); repeats
+    // are fine: presence looks each user up once.
+    let listed: Vec<i64> = friends
         .iter()
         .map(|f| f.id)
         .chain(member_ids(&groups))
@@ -308,7 +309,7 @@ async fn login_payload(
     p.insert("name", (*me.name).into());
     p.insert("node", (*state.node).into());
     // One presence lookup for both lists (in a cluster, one Redis pipeline).
-    let online = online_of(state, &listed.into_iter().collect::<Vec<_>>()).await;
+    let online = online_of(state, &listed).await;
     p.insert_rendered("friends", users_json(&friends, &online));
     p.insert_rendered("groups", groups_json(&groups, &online));
     p.insert_rendered("offlinemsg", protocol::render(&offline));
