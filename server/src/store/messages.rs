@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sea_orm::ActiveValue::{NotSet, Set};
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, OnConflict, SelectStatement};
+use sea_orm::sea_query::{
+    CaseStatement, Expr, ExprTrait, Func, OnConflict, Query, SelectStatement,
+};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 use super::Store;
@@ -210,24 +212,38 @@ impl Store {
                     Expr::val(idx.len() as i64),
                 );
             }
-            conversation::Entity::update_many()
+            let mut reserve = conversation::Entity::update_many()
                 .col_expr(
                     conversation::Column::LastSeq,
                     Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
                 )
                 .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
-                .exec(&txn)
-                .await?;
-            let lasts: HashMap<i64, i64> = conversation::Entity::find()
-                .select_only()
-                .column(conversation::Column::Id)
-                .column(conversation::Column::LastSeq)
-                .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
-                .into_tuple::<(i64, i64)>()
-                .all(&txn)
-                .await?
-                .into_iter()
-                .collect();
+                .into_query();
+            let lasts: HashMap<i64, i64> = if self.backend() == DatabaseBackend::MySql {
+                // No UPDATE … RETURNING: the new last seqs are read back.
+                txn.execute(&reserve).await?;
+                conversation::Entity::find()
+                    .select_only()
+                    .column(conversation::Column::Id)
+                    .column(conversation::Column::LastSeq)
+                    .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
+                    .into_tuple::<(i64, i64)>()
+                    .all(&txn)
+                    .await?
+                    .into_iter()
+                    .collect()
+            } else {
+                reserve.returning(
+                    Query::returning()
+                        .columns([conversation::Column::Id, conversation::Column::LastSeq]),
+                );
+                let mut lasts = HashMap::with_capacity(per_conv.len());
+                for row in txn.query_all(&reserve).await? {
+                    lasts.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+                }
+                lasts
+            };
+            // (conv, seq, message) in insertion order.
             let mut rows = Vec::with_capacity(items.len());
             let mut ranges = Vec::new();
             for (conv, idx) in &per_conv {
@@ -240,21 +256,10 @@ impl Store {
                 let first = last - idx.len() as i64 + 1;
                 ranges.push((*conv, first, *last));
                 for (k, &i) in idx.iter().enumerate() {
-                    let m = &items[i];
-                    rows.push(message::ActiveModel {
-                        id: NotSet,
-                        conv: Set(*conv),
-                        seq: Set(first + k as i64),
-                        sender: Set(m.sender),
-                        toid: Set(m.toid),
-                        groupid: Set(m.groupid),
-                        msg: Set(m.msg.to_owned()),
-                        sent_at: Set(now_ms),
-                        txnid: Set(m.txnid.map(str::to_owned)),
-                    });
+                    rows.push((*conv, first + k as i64, &items[i]));
                 }
             }
-            let ids = self.insert_messages(&txn, rows, &ranges).await?;
+            let ids = self.insert_messages(&txn, &rows, now_ms, &ranges).await?;
             for (conv, first, _) in &ranges {
                 for (k, &i) in per_conv[conv].iter().enumerate() {
                     let seq = first + k as i64;
@@ -295,43 +300,51 @@ impl Store {
             .collect())
     }
 
-    /// Inserts `rows` (the seqs `first..=last` of each `(conv, first, last)` of `ranges`, in
-    /// that order) and returns the id of each (conv, seq). On SQLite the writer holds the database's only write lock, so the rows
-    /// of one multi-row INSERT get consecutive rowids ending at `last_insert_rowid()`; the other
-    /// databases give no such promise, so the ids are read back.
+    /// Inserts `rows` (`(conv, seq, message)`: the seqs `first..=last` of each
+    /// `(conv, first, last)` of `ranges`, in that order) in multi-row INSERTs of `INSERT_CHUNK`
+    /// rows and returns the id of each (conv, seq). On SQLite the writer holds the database's
+    /// only write lock, so the rows of one INSERT get consecutive rowids ending at
+    /// `last_insert_rowid()`; the other databases give no such promise, so the ids are read back.
     async fn insert_messages(
         &self,
         txn: &DatabaseTransaction,
-        rows: Vec<message::ActiveModel>,
+        rows: &[(i64, i64, &NewMessage<'_>)],
+        now_ms: i64,
         ranges: &[(i64, i64, i64)],
     ) -> Result<HashMap<(i64, i64), i64>, StoreError> {
         let sqlite = self.backend() == DatabaseBackend::Sqlite;
         let mut ids = HashMap::with_capacity(rows.len());
-        let mut rows = rows.into_iter().peekable();
-        let mut keys = ranges
-            .iter()
-            .flat_map(|&(conv, first, last)| (first..=last).map(move |seq| (conv, seq)));
-        while rows.peek().is_some() {
-            let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
-            let n = chunk.len();
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let models = chunk.iter().map(|&(conv, seq, m)| message::ActiveModel {
+                id: NotSet,
+                conv: Set(conv),
+                seq: Set(seq),
+                sender: Set(m.sender),
+                toid: Set(m.toid),
+                groupid: Set(m.groupid),
+                msg: Set(m.msg.to_owned()),
+                sent_at: Set(now_ms),
+                txnid: Set(m.txnid.map(str::to_owned)),
+            });
             if !sqlite {
-                message::Entity::insert_many(chunk)
+                message::Entity::insert_many(models)
                     .exec_without_returning(txn)
                     .await?;
                 continue;
             }
+            let n = chunk.len();
             let done = txn
-                .execute(&message::Entity::insert_many(chunk).into_query())
+                .execute(&message::Entity::insert_many(models).into_query())
                 .await?;
             if done.rows_affected() != n as u64 {
-                return Err(StoreError::Other(sea_orm::DbErr::Custom(format!(
+                return Err(StoreError::Other(DbErr::Custom(format!(
                     "inserted {} of {n} messages",
                     done.rows_affected()
                 ))));
             }
             let last = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
-            for (k, key) in keys.by_ref().take(n).enumerate() {
-                ids.insert(key, last - (n - 1 - k) as i64);
+            for (k, &(conv, seq, _)) in chunk.iter().enumerate() {
+                ids.insert((conv, seq), last - (n - 1 - k) as i64);
             }
         }
         if sqlite || ranges.is_empty() {
@@ -599,5 +612,68 @@ mod tests {
             cursor < message,
             "conversations and cursors first: {steps:?}"
         );
+    }
+
+    /// A batch over several conversations, interleaved, with NULLs and a txnid sent twice:
+    /// every message gets the id of its own row and contiguous seqs.
+    #[tokio::test]
+    async fn a_batch_gives_each_message_its_own_row_id_and_seq() {
+        let store = Store::connect("sqlite::memory:", 1, false)
+            .await
+            .expect("an in-memory database");
+        let a = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
+        let b = store.pair_conversation(1, 3, true).await.unwrap().unwrap();
+        let texts = ["plain", "a \"quote\"\n\u{0}é😀", "", "[1,2]", "null", "x"];
+        let batch: Vec<NewMessage<'_>> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, msg)| NewMessage {
+                sender: 1,
+                conv: if i % 2 == 0 { a } else { b },
+                toid: Some(if i % 2 == 0 { 2 } else { 3 }),
+                groupid: None,
+                msg,
+                txnid: (i == 1 || i == 5).then_some("t-1"),
+            })
+            .collect();
+        let mut twice = batch.clone();
+        twice[5].msg = texts[1];
+        twice[5].conv = b;
+        let written = store.write_batch(&twice, 1_700_000_000_000).await.unwrap();
+        let stored: HashMap<i64, message::Model> = message::Entity::find()
+            .all(&store.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+        assert_eq!(stored.len(), 5, "the txnid's second use stores nothing");
+        let mut seqs: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (i, w) in written.iter().enumerate() {
+            let m = match w {
+                Written::Stored(m) => m,
+                Written::Duplicate(m) => {
+                    assert_eq!(i, 5, "only the twin is a duplicate");
+                    assert_eq!(m, &stored[&m.id]);
+                    continue;
+                }
+                other => panic!("message {i}: {other:?}"),
+            };
+            assert_eq!(&stored[&m.id], m, "message {i} is its own row");
+            assert_eq!(m.msg, twice[i].msg);
+            seqs.entry(m.conv).or_default().push(m.seq);
+        }
+        assert_eq!(seqs[&a], vec![1, 2, 3]);
+        assert_eq!(seqs[&b], vec![1, 2]);
+        // The next batch continues both conversations.
+        let written = store.write_batch(&batch[..2], 1).await.unwrap();
+        let seqs: Vec<i64> = written
+            .iter()
+            .map(|w| match w {
+                Written::Stored(m) | Written::Duplicate(m) => m.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![4, 1], "the second is t-1, stored the first time");
     }
 }
