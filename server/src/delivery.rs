@@ -1,7 +1,8 @@
-//! The chat pipeline: one task per replica takes chat sends in arrival order, stores them in
-//! batches (one transaction for many messages: group commit), publishes each stored message on
-//! the bus in seq order, and only then answers the senders. A send is never acked before its
-//! message is both stored and published.
+//! The chat pipeline: one task per replica takes chat sends in arrival order and stores them in
+//! batches (one transaction for many messages: group commit); a second task publishes each
+//! stored message on the bus in seq order, batch after batch, and only then answers the
+//! senders. A send is never acked before its message is both stored and published. The two
+//! stages overlap: a batch is published while the next one is being stored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,6 +74,21 @@ pub struct Delivery {
 /// Attempts of a batch that met a transient conflict (deadlock, concurrent txnid).
 const BATCH_ATTEMPTS: usize = 3;
 
+/// Stored batches that may wait for the publishing stage before the writer waits too.
+const STORED_QUEUE: usize = 2;
+
+/// A batch the writer is done with, on its way to the bus and to its senders.
+struct Stored {
+    jobs: Vec<ChatJob>,
+    /// The outcome of each job already known (refused, or its batch failed).
+    outcomes: Vec<Option<Result<ChatAck, ServiceError>>>,
+    /// For each written message, the index of its job.
+    index: Vec<usize>,
+    written: Vec<Written>,
+    /// Flushes that came after this batch.
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
 impl Delivery {
     /// Starts the pipeline task.
     pub fn start(
@@ -82,13 +98,20 @@ impl Delivery {
         batch_max: usize,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
+        let (stored_tx, stored_rx) = mpsc::channel(STORED_QUEUE);
         let writer = Writer {
             store,
-            bus,
-            node,
             batch_max: batch_max.max(1),
+            stored: stored_tx,
         };
-        (Delivery { tx }, tokio::spawn(writer.run(rx)))
+        let publisher = Publisher { bus, node };
+        let publishing = tokio::spawn(publisher.run(stored_rx));
+        let handle = tokio::spawn(async move {
+            writer.run(rx).await;
+            // The writer is gone, so is the sending half: the publisher ends once drained.
+            let _ = publishing.await;
+        });
+        (Delivery { tx }, handle)
     }
 
     /// Queues a send; its outcome arrives on the job's `reply`. Sends are stored in the order
@@ -112,11 +135,17 @@ impl Delivery {
     }
 }
 
+/// The storing stage.
 struct Writer {
     store: Store,
+    batch_max: usize,
+    stored: mpsc::Sender<Stored>,
+}
+
+/// The publishing stage.
+struct Publisher {
     bus: Bus,
     node: Arc<str>,
-    batch_max: usize,
 }
 
 impl Writer {
@@ -134,17 +163,17 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            if !jobs.is_empty() {
-                self.process(std::mem::take(&mut jobs)).await;
-            }
-            for done in flushes.drain(..) {
-                let _ = done.send(());
+            let mut stored = self.process(std::mem::take(&mut jobs)).await;
+            stored.flushes = std::mem::take(&mut flushes);
+            if self.stored.send(stored).await.is_err() {
+                tracing::error!("the publishing stage of the chat pipeline is gone");
+                return;
             }
         }
     }
 
-    /// Stores, publishes and answers one batch.
-    async fn process(&self, jobs: Vec<ChatJob>) {
+    /// Resolves and stores one batch.
+    async fn process(&self, jobs: Vec<ChatJob>) -> Stored {
         let started = Instant::now();
         let mut outcomes: Vec<Option<Result<ChatAck, ServiceError>>> =
             Vec::with_capacity(jobs.len());
@@ -180,35 +209,31 @@ impl Writer {
                 });
             }
         }
+        let mut written = Vec::new();
         if !batch.is_empty() {
             metrics::histogram!("chat_db_batch_size").record(batch.len() as f64);
             let stored = Instant::now();
-            let written = self.write(&batch).await;
+            let result = self.write(&batch).await;
             metrics::histogram!("chat_batch_phase_seconds", "phase" => "store")
                 .record(stored.elapsed().as_secs_f64());
             metrics::histogram!("chat_db_batch_seconds").record(started.elapsed().as_secs_f64());
-            match written {
-                Ok(written) => {
-                    let publishing = Instant::now();
-                    let published = self.publish(&jobs, &index, written).await;
-                    metrics::histogram!("chat_batch_phase_seconds", "phase" => "publish")
-                        .record(publishing.elapsed().as_secs_f64());
-                    for (&i, outcome) in index.iter().zip(published) {
-                        outcomes[i] = Some(outcome);
-                    }
-                }
+            match result {
+                Ok(w) => written = w,
                 Err(e) => {
                     let e = ServiceError::from(e);
                     for &i in &index {
                         outcomes[i] = Some(Err(clone_error(&e)));
                     }
+                    index.clear();
                 }
             }
         }
-        for (job, outcome) in jobs.into_iter().zip(outcomes) {
-            let outcome =
-                outcome.unwrap_or_else(|| Err(ServiceError::internal("delivery", &"no outcome")));
-            let _ = job.reply.send(outcome);
+        Stored {
+            jobs,
+            outcomes,
+            index,
+            written,
+            flushes: Vec::new(),
         }
     }
 
@@ -294,6 +319,42 @@ impl Writer {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+impl Publisher {
+    async fn run(self, mut rx: mpsc::Receiver<Stored>) {
+        while let Some(stored) = rx.recv().await {
+            self.finish(stored).await;
+        }
+    }
+
+    /// Publishes a stored batch and answers its senders, then its flushes.
+    async fn finish(&self, stored: Stored) {
+        let Stored {
+            jobs,
+            mut outcomes,
+            index,
+            written,
+            flushes,
+        } = stored;
+        if !index.is_empty() {
+            let publishing = Instant::now();
+            let published = self.publish(&jobs, &index, written).await;
+            metrics::histogram!("chat_batch_phase_seconds", "phase" => "publish")
+                .record(publishing.elapsed().as_secs_f64());
+            for (&i, outcome) in index.iter().zip(published) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            let outcome =
+                outcome.unwrap_or_else(|| Err(ServiceError::internal("delivery", &"no outcome")));
+            let _ = job.reply.send(outcome);
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 
