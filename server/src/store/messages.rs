@@ -2,14 +2,15 @@
 //! the unread backlog of the login reply.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{
-    CaseStatement, Expr, ExprTrait, Func, OnConflict, Query, SelectStatement,
+    CaseStatement, Expr, ExprTrait, Func, OnConflict, Query, SelectStatement, Value,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
 };
 
 use super::Store;
@@ -22,6 +23,21 @@ pub const UNREAD_PER_CONVERSATION: u64 = 200;
 
 /// Rows per INSERT statement of a batch (8 parameters each, well under every database's limit).
 const INSERT_CHUNK: usize = 400;
+
+/// INSERT texts kept (by number of rows): full chunks and the most frequent remainders.
+const INSERT_TEXTS: usize = 64;
+
+/// The columns a batch writes, in the order of each row's values (the id is the database's).
+const MESSAGE_COLUMNS: [message::Column; 8] = [
+    message::Column::Conv,
+    message::Column::Seq,
+    message::Column::Sender,
+    message::Column::Toid,
+    message::Column::Groupid,
+    message::Column::Msg,
+    message::Column::SentAt,
+    message::Column::Txnid,
+];
 
 /// A message to store, its conversation already resolved.
 #[derive(Debug, Clone)]
@@ -312,30 +328,31 @@ impl Store {
         now_ms: i64,
         ranges: &[(i64, i64, i64)],
     ) -> Result<HashMap<(i64, i64), i64>, StoreError> {
-        let sqlite = self.backend() == DatabaseBackend::Sqlite;
+        let backend = self.backend();
+        let sqlite = backend == DatabaseBackend::Sqlite;
         let mut ids = HashMap::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let models = chunk.iter().map(|&(conv, seq, m)| message::ActiveModel {
-                id: NotSet,
-                conv: Set(conv),
-                seq: Set(seq),
-                sender: Set(m.sender),
-                toid: Set(m.toid),
-                groupid: Set(m.groupid),
-                msg: Set(m.msg.to_owned()),
-                sent_at: Set(now_ms),
-                txnid: Set(m.txnid.map(str::to_owned)),
-            });
+            let mut values = Vec::with_capacity(chunk.len() * MESSAGE_COLUMNS.len());
+            for &(conv, seq, m) in chunk {
+                values.extend([
+                    Value::BigInt(Some(conv)),
+                    Value::BigInt(Some(seq)),
+                    Value::BigInt(Some(m.sender)),
+                    Value::BigInt(m.toid),
+                    Value::BigInt(m.groupid),
+                    Value::String(Some(m.msg.to_owned())),
+                    Value::BigInt(Some(now_ms)),
+                    Value::String(m.txnid.map(str::to_owned)),
+                ]);
+            }
+            let insert =
+                Statement::from_sql_and_values(backend, &*self.insert_sql(chunk.len()), values);
             if !sqlite {
-                message::Entity::insert_many(models)
-                    .exec_without_returning(txn)
-                    .await?;
+                txn.execute_raw(insert).await?;
                 continue;
             }
             let n = chunk.len();
-            let done = txn
-                .execute(&message::Entity::insert_many(models).into_query())
-                .await?;
+            let done = txn.execute_raw(insert).await?;
             if done.rows_affected() != n as u64 {
                 return Err(StoreError::Other(DbErr::Custom(format!(
                     "inserted {} of {n} messages",
@@ -371,6 +388,38 @@ impl Store {
             .into_iter()
             .map(|(conv, seq, id)| ((conv, seq), id))
             .collect())
+    }
+
+    /// The text of an INSERT of `rows` messages ([`MESSAGE_COLUMNS`], one parameter each),
+    /// built by sea-query once per number of rows and kept: building the statement with each
+    /// batch's values (sea-orm models, then sea-query) cost the writer more CPU than SQLite
+    /// spent running it.
+    fn insert_sql(&self, rows: usize) -> Arc<str> {
+        let cached = self.inserts.lock().ok().and_then(|t| t.get(&rows).cloned());
+        if let Some(sql) = cached {
+            return sql;
+        }
+        let mut insert = Query::insert();
+        insert.into_table(message::Entity).columns(MESSAGE_COLUMNS);
+        for _ in 0..rows {
+            insert.values_panic([
+                Expr::val(0i64),
+                Expr::val(0i64),
+                Expr::val(0i64),
+                Expr::val(None::<i64>),
+                Expr::val(None::<i64>),
+                Expr::val(String::new()),
+                Expr::val(0i64),
+                Expr::val(None::<String>),
+            ]);
+        }
+        let sql: Arc<str> = self.backend().build(&insert).sql.into();
+        if let Ok(mut texts) = self.inserts.lock()
+            && texts.len() < INSERT_TEXTS
+        {
+            texts.insert(rows, sql.clone());
+        }
+        sql
     }
 
     /// A page of a conversation, in ascending seq, and whether more exist beyond it.
@@ -675,5 +724,19 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, vec![4, 1], "the second is t-1, stored the first time");
+    }
+
+    /// The kept INSERT text has one parameter per column and row (NULLs included: a NULL
+    /// written into the text would make it wrong for the next batch), and is reused.
+    #[tokio::test]
+    async fn the_insert_text_is_built_once_per_row_count_with_a_parameter_per_value() {
+        let store = Store::connect("sqlite::memory:", 1, false)
+            .await
+            .expect("an in-memory database");
+        let sql = store.insert_sql(3);
+        assert_eq!(sql.matches('?').count(), 3 * MESSAGE_COLUMNS.len(), "{sql}");
+        assert!(!sql.contains("NULL"), "{sql}");
+        assert!(Arc::ptr_eq(&sql, &store.insert_sql(3)), "kept");
+        assert_eq!(store.insert_sql(1).matches('?').count(), MESSAGE_COLUMNS.len());
     }
 }

@@ -23,7 +23,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
 use crate::error::StoreError;
 
 /// Handle to the database, cheap to clone. Also caches what never changes once written: user
-/// names and the conversation id of each 1:1 pair.
+/// names, the conversation id of each 1:1 pair, and the text of the writer's INSERTs.
 #[derive(Clone)]
 pub struct Store {
     /// The connection pool.
@@ -32,6 +32,8 @@ pub struct Store {
     names: Arc<Mutex<HashMap<i64, Arc<str>>>>,
     /// (smaller user id, larger user id) → conversation id.
     pairs: Arc<Mutex<HashMap<(i64, i64), i64>>>,
+    /// Number of rows → text of the multi-row message INSERT (`messages::insert_sql`).
+    inserts: Arc<Mutex<HashMap<usize, Arc<str>>>>,
 }
 
 impl Store {
@@ -80,6 +82,7 @@ impl Store {
             db,
             names: Arc::default(),
             pairs: Arc::default(),
+            inserts: Arc::default(),
         })
     }
 
