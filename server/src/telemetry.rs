@@ -71,6 +71,27 @@ pub fn frames_out(id: i64) -> &'static Counter {
         .unwrap_or(&counters[0])
 }
 
+/// `chat_frames_in_total` of a request of msgid `id` (unknown ids: `other`), or of a frame
+/// that is not a request (`None`: `malformed`), registered once (see [`frames_out`]).
+pub fn frames_in(id: Option<i64>) -> &'static Counter {
+    static COUNTERS: OnceLock<(Counter, Vec<Counter>)> = OnceLock::new();
+    let (malformed, counters) = COUNTERS.get_or_init(|| {
+        (
+            metrics::counter!("chat_frames_in_total", "msgid" => "malformed"),
+            (0..=msgid::RESYNC)
+                .map(|id| metrics::counter!("chat_frames_in_total", "msgid" => msgid::label(id)))
+                .collect(),
+        )
+    });
+    match id {
+        None => malformed,
+        Some(id) => usize::try_from(id)
+            .ok()
+            .and_then(|i| counters.get(i))
+            .unwrap_or(&counters[0]),
+    }
+}
+
 /// `chat_replies_total` of successful replies (errno 0), registered once (see [`frames_out`]).
 pub fn replies_ok() -> &'static Counter {
     static COUNTER: OnceLock<Counter> = OnceLock::new();

@@ -28,7 +28,7 @@ use crate::error::ServiceError;
 use crate::hub::ConnHandle;
 use crate::limits::{self, TokenBucket};
 use crate::presence::Departure;
-use crate::protocol::{self, Incoming, Request, msgid};
+use crate::protocol::{self, Incoming, Request};
 use crate::service::{self, Payload, Session};
 use crate::socket::{self, Socket};
 use crate::telemetry;
@@ -120,7 +120,7 @@ impl Connection {
                         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
                         Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text)).await,
                         Some(Ok(Message::Binary(_))) => {
-                            count_in("binary");
+                            metrics::counter!("chat_frames_in_total", "msgid" => "binary").increment(1);
                             let err = ServiceError::BadRequest("binary frames are not supported; send JSON text".into());
                             self.queue_ready(error_text(None, &err));
                             Ok(())
@@ -216,7 +216,7 @@ impl Connection {
                 if let ServiceError::TooLarge(_) = error {
                     limits::hit("frame_size");
                 }
-                count_in(msgid.map_or("malformed", msgid::label));
+                telemetry::frames_in(msgid).increment(1);
                 let reply = match msgid {
                     Some(m) => reply_text(m, reqid, Err(error)),
                     None => error_text(reqid, &error),
@@ -225,7 +225,7 @@ impl Connection {
                 return Ok(());
             }
         };
-        count_in(msgid::label(id));
+        telemetry::frames_in(Some(id)).increment(1);
         let timeout = Duration::from_secs(self.state.config.request_timeout.max(1));
         match request {
             Request::Chat { target, msg, txnid } => {
@@ -433,21 +433,39 @@ fn errno_label(errno: i64) -> &'static str {
     }
 }
 
-fn count_in(label: &'static str) {
-    metrics::counter!("chat_frames_in_total", "msgid" => label).increment(1);
-}
-
 /// Counts an outgoing frame by its msgid.
 fn count_out(frame: &str) {
-    let id = frame
-        .find("\"msgid\":")
-        .and_then(|at| {
-            let rest = &frame[at + 8..];
-            let end = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            rest[..end].parse::<i64>().ok()
-        })
-        .unwrap_or(0);
-    telemetry::frames_out(id).increment(1);
+    telemetry::frames_out(msgid_of(frame)).increment(1);
+}
+
+/// The msgid of a frame the server wrote (0 when it has none).
+fn msgid_of(frame: &str) -> i64 {
+    const KEY: &str = "\"msgid\":";
+    // Every frame the server builds starts with its msgid; searching is the fallback.
+    let rest = match frame.strip_prefix('{').and_then(|f| f.strip_prefix(KEY)) {
+        Some(rest) => Some(rest),
+        None => frame.find(KEY).map(|at| &frame[at + KEY.len()..]),
+    };
+    rest.and_then(|rest| {
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse::<i64>().ok()
+    })
+    .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outgoing_frame_is_counted_by_its_msgid_wherever_it_is() {
+        assert_eq!(msgid_of(r#"{"msgid":6,"message_id":1,"msg":"x"}"#), 6);
+        assert_eq!(msgid_of(r#"{"reqid":3,"msgid":11,"errno":0}"#), 11);
+        assert_eq!(msgid_of(r#"{ "msgid":21}"#), 21);
+        assert_eq!(msgid_of(r#"{"msgid":"6"}"#), 0);
+        assert_eq!(msgid_of("not json"), 0);
+        assert_eq!(msgid_of(r#"{"msgid":"#), 0);
+    }
 }

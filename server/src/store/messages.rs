@@ -259,8 +259,9 @@ impl Store {
                 }
                 lasts
             };
-            // (conv, seq, message) in insertion order.
+            // (conv, seq, message) in insertion order, and the index of each in `items`.
             let mut rows = Vec::with_capacity(items.len());
+            let mut at = Vec::with_capacity(items.len());
             let mut ranges = Vec::new();
             for (conv, idx) in &per_conv {
                 let Some(last) = lasts.get(conv) else {
@@ -273,27 +274,24 @@ impl Store {
                 ranges.push((*conv, first, *last));
                 for (k, &i) in idx.iter().enumerate() {
                     rows.push((*conv, first + k as i64, &items[i]));
+                    at.push(i);
                 }
             }
             let ids = self.insert_messages(&txn, &rows, now_ms, &ranges).await?;
-            for (conv, first, _) in &ranges {
-                for (k, &i) in per_conv[conv].iter().enumerate() {
-                    let seq = first + k as i64;
-                    let m = &items[i];
-                    out[i] = ids.get(&(*conv, seq)).map(|&id| {
-                        Written::Stored(message::Model {
-                            id,
-                            conv: *conv,
-                            seq,
-                            sender: m.sender,
-                            toid: m.toid,
-                            groupid: m.groupid,
-                            msg: m.msg.to_owned(),
-                            sent_at: now_ms,
-                            txnid: m.txnid.map(str::to_owned),
-                        })
-                    });
-                }
+            for ((&(conv, seq, m), &i), id) in rows.iter().zip(&at).zip(ids) {
+                out[i] = id.map(|id| {
+                    Written::Stored(message::Model {
+                        id,
+                        conv,
+                        seq,
+                        sender: m.sender,
+                        toid: m.toid,
+                        groupid: m.groupid,
+                        msg: m.msg.to_owned(),
+                        sent_at: now_ms,
+                        txnid: m.txnid.map(str::to_owned),
+                    })
+                });
             }
             txn.commit().await?;
         }
@@ -318,7 +316,7 @@ impl Store {
 
     /// Inserts `rows` (`(conv, seq, message)`: the seqs `first..=last` of each
     /// `(conv, first, last)` of `ranges`, in that order) in multi-row INSERTs of `INSERT_CHUNK`
-    /// rows and returns the id of each (conv, seq). On SQLite the writer holds the database's
+    /// rows and returns the id of each row, in order (`None`: not found when read back). On SQLite the writer holds the database's
     /// only write lock, so the rows of one INSERT get consecutive rowids ending at
     /// `last_insert_rowid()`; the other databases give no such promise, so the ids are read back.
     async fn insert_messages(
@@ -327,10 +325,10 @@ impl Store {
         rows: &[(i64, i64, &NewMessage<'_>)],
         now_ms: i64,
         ranges: &[(i64, i64, i64)],
-    ) -> Result<HashMap<(i64, i64), i64>, StoreError> {
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let backend = self.backend();
         let sqlite = backend == DatabaseBackend::Sqlite;
-        let mut ids = HashMap::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
             let mut values = Vec::with_capacity(chunk.len() * MESSAGE_COLUMNS.len());
             for &(conv, seq, m) in chunk {
@@ -360,9 +358,7 @@ impl Store {
                 ))));
             }
             let last = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
-            for (k, &(conv, seq, _)) in chunk.iter().enumerate() {
-                ids.insert((conv, seq), last - (n - 1 - k) as i64);
-            }
+            ids.extend((0..n).map(|k| Some(last - (n - 1 - k) as i64)));
         }
         if sqlite || ranges.is_empty() {
             return Ok(ids);
@@ -376,7 +372,7 @@ impl Store {
             );
         }
         // Only the ids are new: everything else is already known.
-        Ok(message::Entity::find()
+        let found: HashMap<(i64, i64), i64> = message::Entity::find()
             .select_only()
             .column(message::Column::Conv)
             .column(message::Column::Seq)
@@ -387,6 +383,10 @@ impl Store {
             .await?
             .into_iter()
             .map(|(conv, seq, id)| ((conv, seq), id))
+            .collect();
+        Ok(rows
+            .iter()
+            .map(|&(conv, seq, _)| found.get(&(conv, seq)).copied())
             .collect())
     }
 
@@ -737,6 +737,9 @@ mod tests {
         assert_eq!(sql.matches('?').count(), 3 * MESSAGE_COLUMNS.len(), "{sql}");
         assert!(!sql.contains("NULL"), "{sql}");
         assert!(Arc::ptr_eq(&sql, &store.insert_sql(3)), "kept");
-        assert_eq!(store.insert_sql(1).matches('?').count(), MESSAGE_COLUMNS.len());
+        assert_eq!(
+            store.insert_sql(1).matches('?').count(),
+            MESSAGE_COLUMNS.len()
+        );
     }
 }
