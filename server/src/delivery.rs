@@ -78,6 +78,7 @@ const BATCH_ATTEMPTS: usize = 3;
 const STORED_QUEUE: usize = 2;
 
 /// A batch the writer is done with, on its way to the bus and to its senders.
+#[derive(Default)]
 struct Stored {
     jobs: Vec<ChatJob>,
     /// The outcome of each job already known (refused, or its batch failed).
@@ -90,7 +91,8 @@ struct Stored {
 }
 
 impl Delivery {
-    /// Starts the pipeline task.
+    /// Starts the pipeline: the writer and the publishing task. The handle ends when both have
+    /// (aborting it stops the writer; the publishing task then ends once drained).
     pub fn start(
         store: Store,
         bus: Bus,
@@ -163,7 +165,11 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            let mut stored = self.process(std::mem::take(&mut jobs)).await;
+            let mut stored = if jobs.is_empty() {
+                Stored::default()
+            } else {
+                self.process(std::mem::take(&mut jobs)).await
+            };
             stored.flushes = std::mem::take(&mut flushes);
             if self.stored.send(stored).await.is_err() {
                 tracing::error!("the publishing stage of the chat pipeline is gone");
