@@ -316,9 +316,10 @@ impl Store {
 
     /// Inserts `rows` (`(conv, seq, message)`: the seqs `first..=last` of each
     /// `(conv, first, last)` of `ranges`, in that order) in multi-row INSERTs of `INSERT_CHUNK`
-    /// rows and returns the id of each row, in order (`None`: not found when read back). On SQLite the writer holds the database's
-    /// only write lock, so the rows of one INSERT get consecutive rowids ending at
-    /// `last_insert_rowid()`; the other databases give no such promise, so the ids are read back.
+    /// rows and returns the id of each row, in order (`None`: not found when read back). On
+    /// SQLite the writer holds the database's only write lock, so the rows of one INSERT get
+    /// consecutive rowids ending at `last_insert_rowid()`; the other databases give no such
+    /// promise, so the ids are read back.
     async fn insert_messages(
         &self,
         txn: &DatabaseTransaction,
@@ -345,10 +346,6 @@ impl Store {
             }
             let insert =
                 Statement::from_sql_and_values(backend, &*self.insert_sql(chunk.len()), values);
-            if !sqlite {
-                txn.execute_raw(insert).await?;
-                continue;
-            }
             let n = chunk.len();
             let done = txn.execute_raw(insert).await?;
             if done.rows_affected() != n as u64 {
@@ -356,6 +353,9 @@ impl Store {
                     "inserted {} of {n} messages",
                     done.rows_affected()
                 ))));
+            }
+            if !sqlite {
+                continue;
             }
             let last = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
             ids.extend((0..n).map(|k| Some(last - (n - 1 - k) as i64)));
