@@ -60,36 +60,53 @@ fn describe() {
 /// builds and looks its key up at each call, 4 % of a busy replica's CPU for two frames a message.
 pub fn frames_out(id: i64) -> &'static Counter {
     static COUNTERS: OnceLock<Vec<Counter>> = OnceLock::new();
-    let counters = COUNTERS.get_or_init(|| {
-        (0..=msgid::RESYNC)
-            .map(|id| metrics::counter!("chat_frames_out_total", "msgid" => msgid::label(id)))
-            .collect()
+    of_msgid(
+        COUNTERS.get_or_init(|| per_msgid("chat_frames_out_total")),
+        id,
+    )
+}
+
+/// What came in, as `chat_frames_in_total` counts it.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameIn {
+    /// A request of this msgid (unknown ids: `other`).
+    Request(i64),
+    /// A text frame that is not a request.
+    Malformed,
+    /// A binary frame.
+    Binary,
+}
+
+/// `chat_frames_in_total` of one incoming frame, registered once (see [`frames_out`]).
+pub fn frames_in(frame: FrameIn) -> &'static Counter {
+    static COUNTERS: OnceLock<(Vec<Counter>, Counter, Counter)> = OnceLock::new();
+    let (requests, malformed, binary) = COUNTERS.get_or_init(|| {
+        (
+            per_msgid("chat_frames_in_total"),
+            metrics::counter!("chat_frames_in_total", "msgid" => "malformed"),
+            metrics::counter!("chat_frames_in_total", "msgid" => "binary"),
+        )
     });
+    match frame {
+        FrameIn::Request(id) => of_msgid(requests, id),
+        FrameIn::Malformed => malformed,
+        FrameIn::Binary => binary,
+    }
+}
+
+/// One counter of `name` per msgid of the protocol, labelled by [`msgid::label`].
+fn per_msgid(name: &'static str) -> Vec<Counter> {
+    (0..=msgid::RESYNC)
+        .map(|id| metrics::counter!(name, "msgid" => msgid::label(id)))
+        .collect()
+}
+
+/// The counter of msgid `id` among [`per_msgid`]'s (unknown ids: the first, labelled `other`).
+fn of_msgid(counters: &[Counter], id: i64) -> &Counter {
     usize::try_from(id)
         .ok()
         .and_then(|i| counters.get(i))
         .unwrap_or(&counters[0])
-}
-
-/// `chat_frames_in_total` of a request of msgid `id` (unknown ids: `other`), or of a frame
-/// that is not a request (`None`: `malformed`), registered once (see [`frames_out`]).
-pub fn frames_in(id: Option<i64>) -> &'static Counter {
-    static COUNTERS: OnceLock<(Counter, Vec<Counter>)> = OnceLock::new();
-    let (malformed, counters) = COUNTERS.get_or_init(|| {
-        (
-            metrics::counter!("chat_frames_in_total", "msgid" => "malformed"),
-            (0..=msgid::RESYNC)
-                .map(|id| metrics::counter!("chat_frames_in_total", "msgid" => msgid::label(id)))
-                .collect(),
-        )
-    });
-    match id {
-        None => malformed,
-        Some(id) => usize::try_from(id)
-            .ok()
-            .and_then(|i| counters.get(i))
-            .unwrap_or(&counters[0]),
-    }
 }
 
 /// `chat_replies_total` of successful replies (errno 0), registered once (see [`frames_out`]).

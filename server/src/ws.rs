@@ -31,7 +31,7 @@ use crate::presence::Departure;
 use crate::protocol::{self, Incoming, Request};
 use crate::service::{self, Payload, Session};
 use crate::socket::{self, Socket};
-use crate::telemetry;
+use crate::telemetry::{self, FrameIn};
 
 /// Chat sends one connection may have in flight.
 const MAX_IN_FLIGHT: usize = 256;
@@ -120,7 +120,7 @@ impl Connection {
                         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
                         Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text)).await,
                         Some(Ok(Message::Binary(_))) => {
-                            metrics::counter!("chat_frames_in_total", "msgid" => "binary").increment(1);
+                            telemetry::frames_in(FrameIn::Binary).increment(1);
                             let err = ServiceError::BadRequest("binary frames are not supported; send JSON text".into());
                             self.queue_ready(error_text(None, &err));
                             Ok(())
@@ -216,7 +216,8 @@ impl Connection {
                 if let ServiceError::TooLarge(_) = error {
                     limits::hit("frame_size");
                 }
-                telemetry::frames_in(msgid).increment(1);
+                telemetry::frames_in(msgid.map_or(FrameIn::Malformed, FrameIn::Request))
+                    .increment(1);
                 let reply = match msgid {
                     Some(m) => reply_text(m, reqid, Err(error)),
                     None => error_text(reqid, &error),
@@ -225,7 +226,7 @@ impl Connection {
                 return Ok(());
             }
         };
-        telemetry::frames_in(Some(id)).increment(1);
+        telemetry::frames_in(FrameIn::Request(id)).increment(1);
         let timeout = Duration::from_secs(self.state.config.request_timeout.max(1));
         match request {
             Request::Chat { target, msg, txnid } => {

@@ -38,9 +38,11 @@ pub async fn metrics_expose_connection_and_frame_counters_as_prometheus_text(app
         names.iter().any(|n| n.contains("frame")),
         "a frame metric: {body}"
     );
-    // The counters registered once and reused (telemetry::frames_out, replies_ok) count.
+    // The counters registered once and reused (telemetry::frames_out, frames_in, replies_ok)
+    // count.
     for series in [
         "chat_frames_out_total{msgid=\"ack\"}",
+        "chat_frames_in_total{msgid=\"one_chat\"}",
         "chat_replies_total{errno=\"0\"}",
     ] {
         let count = body
