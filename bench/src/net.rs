@@ -7,12 +7,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 /// A client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
+
+/// The next item `stream` yields without waiting, when a burst that has handled `handled`
+/// items may handle one more (`handled < max`); `None` ends the burst. Reading ahead only for
+/// an item the burst will handle is what keeps the burst's last read from being dropped.
+pub fn next_ready<S: Stream + Unpin>(
+    stream: &mut S,
+    handled: usize,
+    max: usize,
+) -> Option<Option<S::Item>> {
+    if handled >= max {
+        return None;
+    }
+    stream.next().now_or_never()
+}
 
 /// Read buffer of each client socket: small, so that 20,000 idle sockets cost little here.
 const READ_BUFFER: usize = 8192;
@@ -177,6 +192,29 @@ mod tests {
         assert!(Target::resolve("ws://127.0.0.1:8080/ws").await.is_ok());
         assert!(Target::resolve("ws://10.0.0.1:8080/ws").await.is_err());
         assert!(Target::resolve("http://127.0.0.1:8080/ws").await.is_err());
+    }
+
+    #[test]
+    fn a_burst_reads_no_item_beyond_the_last_it_handles() {
+        let mut stream = futures_util::stream::iter(1..=5).chain(futures_util::stream::pending());
+        let mut handled = Vec::new();
+        let mut item = Some(0);
+        for count in 1.. {
+            handled.extend(item);
+            match next_ready(&mut stream, count, 3) {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        assert_eq!(handled, [0, 1, 2]);
+        assert_eq!(stream.next().now_or_never(), Some(Some(3)));
+        assert_eq!(next_ready(&mut stream, 0, 3), Some(Some(4)));
+        assert_eq!(next_ready(&mut stream, 0, 3), Some(Some(5)));
+        assert_eq!(
+            next_ready(&mut stream, 0, 3),
+            None,
+            "nothing ready: the burst ends"
+        );
     }
 
     #[test]

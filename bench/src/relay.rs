@@ -15,13 +15,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::net::next_ready;
 
 /// Pushes that may wait for one connection (as the server's default).
 const QUEUE: usize = 4096;
@@ -149,7 +151,7 @@ async fn connection(stream: TcpStream, relay: Arc<Relay>) {
             incoming = ws.next() => {
                 let mut incoming = incoming;
                 let mut ok = true;
-                for _ in 0..BURST {
+                for handled in 1..=BURST {
                     match incoming {
                         Some(Ok(Message::Text(text))) => {
                             if let Some(reply) = handle(&relay, &tx, &mut me, &text) {
@@ -162,7 +164,7 @@ async fn connection(stream: TcpStream, relay: Arc<Relay>) {
                         }
                         Some(Ok(_)) => {}
                     }
-                    match ws.next().now_or_never() {
+                    match next_ready(&mut ws, handled, BURST) {
                         Some(next) => incoming = next,
                         None => break,
                     }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use anyhow::Context;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::watch;
@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::cli::MixedArgs;
 use crate::client::{Frame, instant_at, now_us, parse_stamp, stamp};
 use crate::histogram::{Histogram, Latency};
-use crate::net::Ws;
+use crate::net::{Ws, next_ready};
 use crate::procfs::CpuSplit;
 use crate::progress::Progress;
 use crate::report::Outcome;
@@ -437,7 +437,7 @@ async fn user(
             _ = stop.changed() => break,
             incoming = ws.next() => {
                 let mut incoming = incoming;
-                for _ in 0..256 {
+                for handled in 1..=256 {
                     match incoming {
                         Some(Ok(Message::Text(text))) => {
                             on_text(&text, &role, &timeline, &mut pending, &mut last_seq, &mut out, &progress);
@@ -456,7 +456,7 @@ async fn user(
                             break;
                         }
                     }
-                    match ws.next().now_or_never() {
+                    match next_ready(&mut ws, handled, 256) {
                         Some(next) => incoming = next,
                         None => break,
                     }

@@ -11,13 +11,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Frame, instant_at, now_us, parse_stamp, stamp};
 use crate::histogram::Histogram;
-use crate::net::Ws;
+use crate::net::{Ws, next_ready};
 use crate::progress::Progress;
 use crate::scenario::Timeline;
 
@@ -193,7 +193,7 @@ pub async fn run(
             incoming = ws.next() => {
                 let mut incoming = incoming;
                 // Handle this frame and every other one already read, then send again.
-                for _ in 0..256 {
+                for handled in 1..=256 {
                     match incoming {
                         Some(Ok(Message::Text(text))) => {
                             on_text(&text, &plan, &timeline, &mut inflight, &mut out, &progress);
@@ -212,7 +212,7 @@ pub async fn run(
                             break;
                         }
                     }
-                    match ws.next().now_or_never() {
+                    match next_ready(&mut ws, handled, 256) {
                         Some(next) => incoming = next,
                         None => break,
                     }
