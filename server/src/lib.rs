@@ -35,6 +35,7 @@ pub mod limits;
 pub mod presence;
 pub mod protocol;
 pub mod reframe;
+pub mod replies;
 pub mod service;
 pub mod socket;
 pub mod store;

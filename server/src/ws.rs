@@ -11,11 +11,10 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -23,12 +22,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::app::AppState;
-use crate::delivery::ChatAck;
 use crate::error::ServiceError;
 use crate::hub::ConnHandle;
 use crate::limits::{self, TokenBucket};
 use crate::presence::Departure;
 use crate::protocol::{self, Incoming, Request};
+use crate::replies::Replies;
 use crate::service::{self, Payload, Session};
 use crate::socket::{self, Socket};
 use crate::telemetry::{self, FrameIn};
@@ -44,8 +43,6 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 /// Close code: message too big (past 1 MiB).
 const CLOSE_TOO_BIG: u16 = 1009;
-
-type Reply = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// Serves one upgraded WebSocket from `peer` until it closes.
 pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
@@ -65,7 +62,7 @@ pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
         socket,
         push_rx,
         overflow,
-        in_flight: FuturesOrdered::new(),
+        replies: Replies::new(Duration::from_secs(state.config.request_timeout.max(1))),
         state,
     };
     connection.run().await;
@@ -78,7 +75,8 @@ struct Connection {
     handle: ConnHandle,
     push_rx: mpsc::Receiver<Arc<str>>,
     overflow: Arc<Notify>,
-    in_flight: FuturesOrdered<Reply>,
+    /// Replies in request order (rendered, or chat acks to come).
+    replies: Replies,
     /// This connection's request rate.
     rate: TokenBucket,
     /// Requests refused for rate in a row (reset by an accepted one).
@@ -112,9 +110,9 @@ impl Connection {
                 _ = shutdown.changed() => Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
                 _ = self.overflow.notified() => Err(not_reading()),
                 _ = ping.tick() => self.ping().await,
-                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => self.write_replies(reply).await,
+                Some(reply) = self.replies.next(), if !self.replies.is_empty() => self.write_replies(reply).await,
                 Some(push) = self.push_rx.recv() => self.write_pushes(push).await,
-                incoming = self.socket.next(), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                incoming = self.socket.next(), if self.replies.len() < MAX_IN_FLIGHT => {
                     self.last_heard = Instant::now();
                     match incoming {
                         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
@@ -238,26 +236,13 @@ impl Connection {
                     txnid,
                 ));
                 match submitted.await {
-                    Ok(rx) => self.in_flight.push_back(Box::pin(async move {
-                        let outcome = match tokio::time::timeout(timeout, rx).await {
-                            Ok(Ok(Ok(ack))) => return chat_ack_text(id, reqid, &ack),
-                            Ok(Ok(Err(e))) => Err(e),
-                            Ok(Err(_)) => Err(ServiceError::Unavailable(
-                                "the message pipeline stopped".into(),
-                            )),
-                            Err(_) => Err(ServiceError::Unavailable(
-                                "the message may not be stored yet; resend it with the same txnid"
-                                    .into(),
-                            )),
-                        };
-                        reply_text(id, reqid, outcome)
-                    })),
+                    Ok(ack) => self.replies.push_chat(id, reqid, ack),
                     Err(e) => self.queue_ready(reply_text(id, reqid, Err(e))),
                 }
             }
             other => {
                 // Everything before this request takes effect first.
-                while let Some(reply) = self.in_flight.next().await {
+                while let Some(reply) = self.replies.next().await {
                     self.write_replies(reply).await?;
                 }
                 if matches!(other, Request::Logout) {
@@ -300,8 +285,7 @@ impl Connection {
 
     /// Queues an already-built reply behind the ones in flight.
     fn queue_ready(&mut self, reply: String) {
-        self.in_flight
-            .push_back(Box::pin(std::future::ready(reply)));
+        self.replies.push_ready(reply);
     }
 
     /// After logout, pushes queued for the old session are dropped.
@@ -316,8 +300,7 @@ impl Connection {
         count_out(&first);
         self.feed(socket::text_frames(first)).await?;
         for _ in 1..WRITE_BURST {
-            let Some(Some(next)) = futures_util::FutureExt::now_or_never(self.in_flight.next())
-            else {
+            let Some(next) = self.replies.try_next() else {
                 break;
             };
             count_out(&next);
@@ -356,6 +339,13 @@ async fn guarded(
     idle: Duration,
     write: impl Future<Output = Result<(), WsError>>,
 ) -> Result<(), End> {
+    // Most writes finish at once (the socket takes the bytes): no timer, no waiter for those.
+    let mut write = std::pin::pin!(write);
+    if let Poll::Ready(written) =
+        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await
+    {
+        return written.map_err(|_| End::Gone);
+    }
     let stuck = async {
         if idle.is_zero() {
             std::future::pending::<()>().await
@@ -402,12 +392,6 @@ pub fn reply_text(
         protocol::reply_head(request_msgid, reqid, errno, &errmsg),
         payload,
     )
-}
-
-/// The ack of a stored and published chat message.
-fn chat_ack_text(request_msgid: i64, reqid: Option<i64>, ack: &ChatAck) -> String {
-    telemetry::replies_ok().increment(1);
-    protocol::chat_ack_frame(request_msgid, reqid, ack.message_id, ack.seq, ack.time_ms)
 }
 
 /// ERROR_MSG for a frame that is not a request.
