@@ -186,8 +186,21 @@ impl Writer {
         let mut resolved = Vec::with_capacity(jobs.len());
         // A failed lookup fails the batch's group sends only.
         let membership = self.memberships(&jobs).await.map_err(ServiceError::from);
+        // A batch holds many sends of the same pair: each pair is looked up once.
+        let mut pairs: HashMap<(i64, i64), Destination> = HashMap::new();
         for job in &jobs {
-            match self.resolve(job, &membership).await {
+            let known = match job.target {
+                Target::User(to) => pairs.get(&(job.sender, to)).copied(),
+                Target::Group(_) => None,
+            };
+            let answer = match known {
+                Some(dest) => Ok(dest),
+                None => self.resolve(job, &membership).await,
+            };
+            if let (Target::User(to), Ok(dest)) = (job.target, &answer) {
+                pairs.insert((job.sender, to), *dest);
+            }
+            match answer {
                 Ok(dest) => {
                     outcomes.push(None);
                     resolved.push(Some(dest));
