@@ -39,6 +39,18 @@ struct Relay {
     online: RwLock<HashMap<i64, mpsc::Sender<Arc<str>>>>,
 }
 
+impl Relay {
+    /// Forgets `id`'s route if it is still this connection's queue `tx` (a later login of the
+    /// same user on another socket keeps its own).
+    fn went_offline(&self, id: i64, tx: &mpsc::Sender<Arc<str>>) {
+        if let Ok(mut online) = self.online.write()
+            && online.get(&id).is_some_and(|route| route.same_channel(tx))
+        {
+            online.remove(&id);
+        }
+    }
+}
+
 /// The routing fields of a request.
 #[derive(Deserialize)]
 struct Request<'a> {
@@ -175,8 +187,8 @@ async fn connection(stream: TcpStream, relay: Arc<Relay>) {
             }
         }
     }
-    if let (Some((id, _)), Ok(mut online)) = (me, relay.online.write()) {
-        online.remove(&id);
+    if let Some((id, _)) = me {
+        relay.went_offline(id, &tx);
     }
 }
 
@@ -251,11 +263,31 @@ fn handle(
             ))
         }
         3 => {
-            if let (Some((id, _)), Ok(mut online)) = (me.take(), relay.online.write()) {
-                online.remove(&id);
+            if let Some((id, _)) = me.take() {
+                relay.went_offline(id, tx);
             }
             Some(ack(3, 0, ""))
         }
         other => Some(ack(other, 400, "not supported by the baseline relay")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closing_socket_leaves_the_route_of_the_users_newer_socket() {
+        let relay = Relay::default();
+        let (old, _old_rx) = mpsc::channel::<Arc<str>>(1);
+        let (new, _new_rx) = mpsc::channel::<Arc<str>>(1);
+        relay.online.write().unwrap().insert(7, new.clone());
+        relay.went_offline(7, &old);
+        assert!(
+            relay.online.read().unwrap().contains_key(&7),
+            "the newer socket keeps it"
+        );
+        relay.went_offline(7, &new);
+        assert!(!relay.online.read().unwrap().contains_key(&7));
     }
 }
