@@ -26,8 +26,8 @@ use fred::prelude::{
     SortedSetsInterface,
 };
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::bus::{Bus, BusEvent, Channel};
 use crate::error::StoreError;
@@ -44,8 +44,6 @@ const STATE_BATCH: usize = 256;
 const DEAD_AFTER_MS: i64 = 10_000;
 /// Sorted set of replicas by last heartbeat.
 const NODES_KEY: &str = "chat:nodes";
-/// How often the announcer looks for departures whose grace period has ended.
-const LINGER_TICK: Duration = Duration::from_millis(100);
 
 /// Adds a replica's field, returns how many replicas the user is on now.
 const ARRIVE: &str = "redis.call('HSET', KEYS[1], ARGV[1], 1) return redis.call('HLEN', KEYS[1])";
@@ -73,6 +71,9 @@ pub struct Presence {
     grace: Duration,
     /// Users whose last connection here dropped less than `grace` ago.
     lingering: Arc<Mutex<Lingering>>,
+    /// Wakes the announcer when a departure starts lingering (it sleeps until the next one
+    /// is due, or until this when none is).
+    lingered: Arc<Notify>,
 }
 
 /// How a user's connection ended.
@@ -116,6 +117,11 @@ impl Lingering {
 
     fn contains(&self, user: i64) -> bool {
         self.users.contains_key(&user)
+    }
+
+    /// When the next departure is due (possibly one whose user came back since).
+    fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|&(at, _)| at)
     }
 
     /// The departures due at `now`, removed.
@@ -181,6 +187,7 @@ impl Presence {
             redis: redis.clone(),
             grace,
             lingering: Arc::default(),
+            lingered: Arc::default(),
         };
         if let Some(client) = redis {
             // A previous life of this replica (same node id) may have left users behind.
@@ -199,6 +206,7 @@ impl Presence {
             presence.redis.clone(),
             node,
             presence.lingering.clone(),
+            presence.lingered.clone(),
         ));
         Ok(presence)
     }
@@ -234,6 +242,7 @@ impl Presence {
         let mut lingering = self.lingering();
         if how == Departure::Dropped && !self.grace.is_zero() {
             lingering.linger(user, name.clone(), Instant::now() + self.grace);
+            self.lingered.notify_one();
             return;
         }
         lingering.come_back(user);
@@ -302,14 +311,24 @@ async fn announcer(
     redis: Option<Client>,
     node: Arc<str>,
     lingering: Arc<Mutex<Lingering>>,
+    lingered: Arc<Notify>,
 ) {
     let mut batch = Vec::new();
-    let mut tick = tokio::time::interval(LINGER_TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        let next_due = lingering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_due();
+        let due = async {
+            match next_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             n = rx.recv_many(&mut batch, STATE_BATCH) => if n == 0 { break },
-            _ = tick.tick() => {}
+            _ = lingered.notified() => {}
+            _ = due => {}
         }
         let mut changes = Vec::with_capacity(batch.len());
         let mut drained = Vec::new();
@@ -564,6 +583,11 @@ mod tests {
         l.linger(1, name(), t0 + grace);
         l.linger(2, name(), t0 + grace + Duration::from_millis(10));
         assert!(l.contains(1) && l.contains(2));
+        assert_eq!(
+            l.next_due(),
+            Some(t0 + grace),
+            "the announcer sleeps until then"
+        );
         assert!(
             l.take_due(t0 + Duration::from_secs(1)).is_empty(),
             "not yet"
@@ -578,6 +602,7 @@ mod tests {
         assert_eq!(due, [1], "2 came back: never due");
         assert!(!l.contains(1) && !l.contains(2));
         assert!(l.due.is_empty(), "stale entries are dropped on the way");
+        assert_eq!(l.next_due(), None, "nothing to wake up for");
     }
 
     #[test]
