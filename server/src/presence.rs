@@ -313,6 +313,8 @@ async fn announcer(
     lingering: Arc<Mutex<Lingering>>,
     lingered: Arc<Notify>,
 ) {
+    let (state_writes, state_rx) = mpsc::unbounded_channel();
+    tokio::spawn(state_writer(state_rx, store.clone()));
     let mut batch = Vec::new();
     loop {
         let next_due = lingering
@@ -354,11 +356,43 @@ async fn announcer(
                 .into_iter()
                 .map(|(user, name)| Change::Departed { user, name }),
         );
-        // The last transition of each user in this batch, written together below.
+        // The last transition of each user in this batch, for the `user.state` writer.
         let mut states: HashMap<i64, bool> = HashMap::new();
         for change in changes {
             if let Some((user, online)) = apply(&store, &bus, redis.as_ref(), &node, change).await {
                 states.insert(user, online);
+            }
+        }
+        if !states.is_empty() {
+            let _ = state_writes.send(StateWrite::Transitions(states));
+        }
+        // A drain is done once the states of everything before it are written too.
+        for done in drained {
+            let _ = state_writes.send(StateWrite::Flush(done));
+        }
+    }
+}
+
+/// What the `user.state` writer is asked, in order.
+enum StateWrite {
+    /// The last transition of each user of one announcer batch.
+    Transitions(HashMap<i64, bool>),
+    /// Answer once everything before is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writes `user.state` behind the announcer (informational only: nothing reads presence from
+/// it), so that no announcement waits for a database write; what queued up meanwhile is
+/// written in one transaction, the last transition of each user winning.
+async fn state_writer(mut rx: mpsc::UnboundedReceiver<StateWrite>, store: Store) {
+    let mut queued = Vec::new();
+    while rx.recv_many(&mut queued, STATE_BATCH).await > 0 {
+        let mut states: HashMap<i64, bool> = HashMap::new();
+        let mut flushed = Vec::new();
+        for write in queued.drain(..) {
+            match write {
+                StateWrite::Transitions(t) => states.extend(t),
+                StateWrite::Flush(done) => flushed.push(done),
             }
         }
         let ids = |state: bool| {
@@ -371,7 +405,7 @@ async fn announcer(
         if let Err(e) = store.set_states(&ids(true), &ids(false)).await {
             tracing::warn!("recording presence in user.state: {e}");
         }
-        for done in drained {
+        for done in flushed {
             let _ = done.send(());
         }
     }
