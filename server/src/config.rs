@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -123,6 +124,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long a request may take before it is answered 503 (`--request-timeout`, at least
+    /// a second).
+    pub fn request_time_limit(&self) -> Duration {
+        Duration::from_secs(self.request_timeout.max(1))
+    }
+
     /// A configuration for tests and embedding: the given database, port 0, defaults elsewhere.
     pub fn for_database(database_url: impl Into<String>) -> Self {
         let mut config = Config::parse_from(["chat-server"]);

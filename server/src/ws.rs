@@ -62,7 +62,7 @@ pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
         socket,
         push_rx,
         overflow,
-        replies: Replies::new(Duration::from_secs(state.config.request_timeout.max(1))),
+        replies: Replies::new(state.config.request_time_limit()),
         state,
     };
     connection.run().await;
@@ -225,7 +225,6 @@ impl Connection {
             }
         };
         telemetry::frames_in(FrameIn::Request(id)).increment(1);
-        let timeout = Duration::from_secs(self.state.config.request_timeout.max(1));
         match request {
             Request::Chat { target, msg, txnid } => {
                 let submitted = Box::pin(service::submit_chat(
@@ -256,7 +255,8 @@ impl Connection {
                     &self.handle,
                     other,
                 ));
-                let outcome = match tokio::time::timeout(timeout, handled).await {
+                let limit = self.state.config.request_time_limit();
+                let outcome = match tokio::time::timeout(limit, handled).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(ServiceError::Unavailable(
                         "the server is too slow right now".into(),

@@ -365,7 +365,7 @@ impl Connection {
 
     /// A request through the service layer, answered 503 past the request timeout.
     async fn service(&mut self, request: Request) -> Result<service::Payload, ServiceError> {
-        let timeout = request_timeout(&self.state);
+        let timeout = self.state.config.request_time_limit();
         let handled = service::handle(&self.state, &mut self.session, &self.handle, request);
         match tokio::time::timeout(timeout, handled).await {
             Ok(outcome) => outcome,
@@ -694,7 +694,7 @@ async fn complete_send(
     let mut rx = first;
     let mut attempt = 1;
     loop {
-        let outcome = match tokio::time::timeout(request_timeout(&state), rx).await {
+        let outcome = match tokio::time::timeout(state.config.request_time_limit(), rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ServiceError::Unavailable(
                 "the message pipeline stopped".into(),
@@ -721,10 +721,6 @@ async fn complete_send(
             other => return other,
         }
     }
-}
-
-fn request_timeout(state: &AppState) -> Duration {
-    Duration::from_secs(state.config.request_timeout.max(1))
 }
 
 /// The unread backlog of `user` (the login reply's `offlinemsg`) as clusterchat chat objects.
