@@ -19,7 +19,7 @@ use crate::delivery::Delivery;
 use crate::hub::{ConnId, Hub};
 use crate::limits::{LoginThrottle, UserBuckets};
 use crate::presence::Presence;
-use crate::store::Store;
+use crate::store::{SqliteTuning, Store};
 use crate::{http, legacy, telemetry};
 
 /// Shared state of one replica, cheap to clone.
@@ -136,18 +136,18 @@ impl Application {
     /// Connects and migrates the database, starts the pipeline, binds `config.listen`.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         telemetry::install_metrics();
-        let store = Store::connect(
-            &config.database_url,
-            config.db_pool,
-            config.sqlite_sync == "full",
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to the database {}",
-                redact(&config.database_url)
-            )
-        })?;
+        let sqlite = SqliteTuning {
+            fsync_every_commit: config.sqlite_sync == "full",
+            thread_nice: config.sqlite_thread_nice,
+        };
+        let store = Store::connect(&config.database_url, config.db_pool, sqlite)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the database {}",
+                    redact(&config.database_url)
+                )
+            })?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

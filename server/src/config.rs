@@ -103,6 +103,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_SQLITE_SYNC", default_value = "full", value_parser = ["full", "normal"])]
     pub sqlite_sync: String,
 
+    /// SQLite only: nice value of the database's connection threads, which run the chat
+    /// pipeline's batches (the path every send waits on). Negative values need CAP_SYS_NICE
+    /// or root; without it they keep the default priority. 0 leaves them as they are.
+    #[arg(long, env = "CHAT_SQLITE_THREAD_NICE", default_value_t = -10, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub sqlite_thread_nice: i32,
+
     /// Seconds a request may take (database, Redis) before it is answered 503.
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value_t = 5)]
     pub request_timeout: u64,

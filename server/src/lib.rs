@@ -14,6 +14,7 @@
 //! - [`service`]: one handler per request, given the session; business rules.
 //! - [`delivery`]: the chat pipeline: batched writes (group commit), then publish, then ack.
 //! - [`store`]: sea-orm entities and queries (SQLite, MySQL/MariaDB, PostgreSQL).
+//! - [`priority`]: scheduling priority of SQLite's connection threads.
 //! - [`hub`]: this replica's live connections by user and group; local delivery.
 //! - [`bus`]: channels between replicas (in-process for a single node).
 //! - [`presence`]: who is online; PRESENCE_MSG announcements.
@@ -33,6 +34,7 @@ pub mod hub;
 pub mod legacy;
 pub mod limits;
 pub mod presence;
+pub mod priority;
 pub mod protocol;
 pub mod reframe;
 pub mod replies;

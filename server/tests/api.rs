@@ -119,7 +119,7 @@ async fn mariadb_sessions_run_read_committed() {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     let db = common::TestDb::create(common::Backend::Mysql).await;
-    let store = chat_server::store::Store::connect(db.url(), 2, false)
+    let store = chat_server::store::Store::connect(db.url(), 2, Default::default())
         .await
         .expect("the store connects and migrates");
     let row = store

@@ -628,12 +628,13 @@ mod tests {
     use sea_orm::{DbBackend, Statement};
 
     use super::*;
+    use crate::store::SqliteTuning;
 
     /// The plan SQLite picks for the one-query backlog: a bad join order would scan every
     /// message ever sent at each login.
     #[tokio::test]
     async fn sqlite_reads_the_backlog_from_each_conversation_through_the_message_index() {
-        let store = Store::connect("sqlite::memory:", 1, false)
+        let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
             .await
             .expect("an in-memory database");
         let mut query = unread_messages(7, &[1, 2]);
@@ -667,7 +668,7 @@ mod tests {
     /// every message gets the id of its own row and contiguous seqs.
     #[tokio::test]
     async fn a_batch_gives_each_message_its_own_row_id_and_seq() {
-        let store = Store::connect("sqlite::memory:", 1, false)
+        let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
             .await
             .expect("an in-memory database");
         let a = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
@@ -730,7 +731,7 @@ mod tests {
     /// written into the text would make it wrong for the next batch), and is reused.
     #[tokio::test]
     async fn the_insert_text_is_built_once_per_row_count_with_a_parameter_per_value() {
-        let store = Store::connect("sqlite::memory:", 1, false)
+        let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
             .await
             .expect("an in-memory database");
         let sql = store.insert_sql(3);
