@@ -386,7 +386,8 @@ impl Publisher {
         written: Vec<Written>,
     ) -> Vec<Result<ChatAck, ServiceError>> {
         let mut outcomes = Vec::with_capacity(written.len());
-        let mut events = Vec::new();
+        // A 1:1 message goes to two channels (the recipient's, the sender's other devices').
+        let mut events = Vec::with_capacity(written.len() * 2);
         // For each outcome, the range of `events` its publishing needs.
         let mut spans = Vec::with_capacity(written.len());
         for (&i, w) in index.iter().zip(written) {

@@ -894,6 +894,30 @@ pub fn chat_frame(m: &message::Model, name: &str) -> String {
 
 /// Formats a millisecond timestamp as RFC 3339 UTC with milliseconds and `Z`.
 pub fn format_time(ms: i64) -> String {
+    let mut out = String::with_capacity(24);
+    write_time(&mut out, ms);
+    out
+}
+
+/// Appends [`format_time`]'s text of `ms` to `out`. Every message of a batch has the same
+/// time, and its push and its ack both carry it: the last text made on this thread is kept
+/// and reused while the time stays the same.
+pub fn write_time(out: &mut String, ms: i64) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with_borrow_mut(|(last, text)| {
+        if *last != ms || text.is_empty() {
+            *text = render_time(ms);
+            *last = ms;
+        }
+        out.push_str(text);
+    });
+}
+
+/// [`format_time`] without the reuse.
+fn render_time(ms: i64) -> String {
     use chrono::{Datelike, Timelike};
     let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
     let Some(year) = u32::try_from(t.year()).ok().filter(|y| *y <= 9999) else {
@@ -938,7 +962,9 @@ pub fn chat_ack_frame(
     if let Some(r) = reqid {
         let _ = write!(out, r#","reqid":{r}"#);
     }
-    let _ = write!(out, r#","seq":{seq},"time":"{}"}}"#, format_time(time_ms));
+    let _ = write!(out, r#","seq":{seq},"time":""#);
+    write_time(&mut out, time_ms);
+    out.push_str(r#""}"#);
     out
 }
 
@@ -1342,6 +1368,10 @@ mod tests {
     #[test]
     fn times_are_rfc3339_utc_with_millis() {
         assert_eq!(format_time(1_795_756_224_123), "2026-11-27T05:10:24.123Z");
+        // The kept text follows the argument whichever order times come in.
+        for ms in [5_000, 5_000, 1_795_756_224_123, 5_000, -1, -1, 5_001] {
+            assert_eq!(format_time(ms), render_time(ms), "{ms}");
+        }
         assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
         for ms in [
             1,
