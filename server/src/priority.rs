@@ -66,8 +66,10 @@ pub fn set_threads_nice(prefix: &str, nice: i32) -> Result<usize, PriorityError>
     Ok(set)
 }
 
-/// The nice value of thread `tid` of this process, read from `/proc` (`None` if it is gone).
-pub fn thread_nice(tid: i32) -> Option<i32> {
+/// The nice value of thread `tid` of this process, read from `/proc` (`None` if it is gone);
+/// what the tests check the setter against.
+#[cfg(test)]
+pub(crate) fn thread_nice(tid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     // Fields after the name (which may hold spaces) start after its closing parenthesis; the
     // nice value is field 19 of the whole line, the 17th after the name.
