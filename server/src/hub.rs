@@ -5,6 +5,7 @@
 //! change of the group reaches it as a `Members` event (see [`Hub::forget_group`]).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, mpsc};
@@ -23,12 +24,42 @@ pub struct ConnHandle {
     /// Bounded queue of serialized pushes.
     tx: mpsc::Sender<Arc<str>>,
     /// Signalled when the queue overflowed: the connection closes itself (1008).
-    overflow: Arc<Notify>,
+    overflow: Arc<Overflow>,
+}
+
+/// A connection's "your push queue overflowed" signal, set by the hub, read by the connection.
+#[derive(Debug, Default)]
+pub struct Overflow {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Overflow {
+    /// Raises the signal and wakes a connection waiting in [`Overflow::notified`].
+    pub fn signal(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether the signal was raised. A connection's loop checks it each turn: a queue that
+    /// overflowed is full, so the loop has pushes to take and does not sleep without seeing
+    /// it, and the check costs no waiter registered and dropped per turn.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Completes once the signal is raised (at once if it already was): for waits that do not
+    /// come back to the loop, such as a write blocked on a client that does not read.
+    pub async fn notified(&self) {
+        if !self.is_set() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 impl ConnHandle {
     /// A handle for connection `id` feeding `tx`, signalling `overflow` when `tx` is full.
-    pub fn new(id: ConnId, tx: mpsc::Sender<Arc<str>>, overflow: Arc<Notify>) -> Self {
+    pub fn new(id: ConnId, tx: mpsc::Sender<Arc<str>>, overflow: Arc<Overflow>) -> Self {
         ConnHandle { id, tx, overflow }
     }
 
@@ -38,7 +69,7 @@ impl ConnHandle {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("chat_slow_consumer_disconnects_total").increment(1);
-                self.overflow.notify_one();
+                self.overflow.signal();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -308,7 +339,7 @@ mod tests {
 
     fn conn(id: ConnId) -> (ConnHandle, mpsc::Receiver<Arc<str>>) {
         let (tx, rx) = mpsc::channel(2);
-        (ConnHandle::new(id, tx, Arc::new(Notify::new())), rx)
+        (ConnHandle::new(id, tx, Arc::new(Overflow::default())), rx)
     }
 
     #[test]
@@ -405,13 +436,14 @@ mod tests {
     fn a_full_queue_signals_overflow() {
         let hub = Hub::default();
         let (tx, _rx) = mpsc::channel(1);
-        let overflow = Arc::new(Notify::new());
+        let overflow = Arc::new(Overflow::default());
         hub.attach(1, ConnHandle::new(9, tx, overflow.clone()), &[]);
         let frame: Arc<str> = Arc::from("x");
         assert_eq!(hub.deliver(Channel::User(1), &frame, None), 1);
+        assert!(!overflow.is_set());
+        assert!(futures_util::FutureExt::now_or_never(overflow.notified()).is_none());
         assert_eq!(hub.deliver(Channel::User(1), &frame, None), 0);
-        let notified = overflow.notified();
-        tokio::pin!(notified);
-        assert!(futures_util::FutureExt::now_or_never(notified).is_some());
+        assert!(overflow.is_set());
+        assert!(futures_util::FutureExt::now_or_never(overflow.notified()).is_some());
     }
 }

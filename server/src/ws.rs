@@ -16,14 +16,14 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::app::AppState;
 use crate::error::ServiceError;
-use crate::hub::ConnHandle;
+use crate::hub::{ConnHandle, Overflow};
 use crate::limits::{self, TokenBucket};
 use crate::presence::Departure;
 use crate::protocol::{self, Incoming, Request};
@@ -50,7 +50,7 @@ pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
     let _live = counted.connections.enter();
     let conn = state.next_conn_id();
     let (tx, push_rx) = mpsc::channel(state.config.outbound_queue.max(1));
-    let overflow = Arc::new(Notify::new());
+    let overflow = Arc::new(Overflow::default());
     let idle = Duration::from_secs(state.config.idle_timeout);
     let connection = Connection {
         handle: ConnHandle::new(conn, tx, overflow.clone()),
@@ -74,7 +74,7 @@ struct Connection {
     session: Session,
     handle: ConnHandle,
     push_rx: mpsc::Receiver<Arc<str>>,
-    overflow: Arc<Notify>,
+    overflow: Arc<Overflow>,
     /// Replies in request order (rendered, or chat acks to come).
     replies: Replies,
     /// This connection's request rate.
@@ -104,11 +104,16 @@ impl Connection {
             self.idle / 3
         };
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        // Made once: a fresh `changed()` each turn registered and dropped a waiter per frame.
+        let shutting_down = shutdown.changed();
+        tokio::pin!(shutting_down);
         let end = loop {
+            if self.overflow.is_set() {
+                break not_reading();
+            }
             let step = tokio::select! {
                 biased;
-                _ = shutdown.changed() => Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
-                _ = self.overflow.notified() => Err(not_reading()),
+                _ = &mut shutting_down => Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
                 _ = ping.tick() => self.ping().await,
                 Some(reply) = self.replies.next(), if !self.replies.is_empty() => self.write_replies(reply).await,
                 Some(push) = self.push_rx.recv() => self.write_pushes(push).await,
@@ -335,7 +340,7 @@ impl Connection {
 /// A write that gives up when the push queue overflows or the write stays blocked for the idle
 /// timeout: both mean the client is not reading.
 async fn guarded(
-    overflow: &Notify,
+    overflow: &Overflow,
     idle: Duration,
     write: impl Future<Output = Result<(), WsError>>,
 ) -> Result<(), End> {

@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -42,7 +42,7 @@ use crate::app::AppState;
 use crate::delivery::ChatAck;
 use crate::error::ServiceError;
 use crate::http::HARD_MESSAGE_LIMIT;
-use crate::hub::{ConnHandle, ConnId};
+use crate::hub::{ConnHandle, ConnId, Overflow};
 use crate::limits::{self, TokenBucket};
 use crate::presence::Departure;
 use crate::protocol::{self, ChatView, HISTORY_MAX_LIMIT, HistoryPage, Request, Target, msgid};
@@ -83,7 +83,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, state: App
     }
     let (reader, writer) = stream.into_split();
     let (tx, push_rx) = mpsc::channel(state.config.outbound_queue.max(1));
-    let overflow = Arc::new(Notify::new());
+    let overflow = Arc::new(Overflow::default());
     let connection = Connection {
         framer: Framer::new(state.config.max_frame, HARD_MESSAGE_LIMIT),
         handle: ConnHandle::new(conn, tx, overflow.clone()),
@@ -130,7 +130,7 @@ struct Connection {
     session: Session,
     handle: ConnHandle,
     push_rx: mpsc::Receiver<Arc<str>>,
-    overflow: Arc<Notify>,
+    overflow: Arc<Overflow>,
     in_flight: FuturesOrdered<Sending>,
     /// This connection's request rate.
     rate: TokenBucket,

@@ -217,7 +217,7 @@ impl Store {
         }
 
         if !per_conv.is_empty() {
-            let txn = self.db.begin().await?;
+            let txn = self.writer.begin().await?;
             // Reserve the seqs of every conversation of the batch in one statement (rows are
             // locked in key order, so concurrent batches of two replicas wait rather than
             // deadlock); the first statement is a write, which takes SQLite's lock up front.

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::Executor;
-use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
+use sea_orm::sqlx::sqlite::SqlitePoolOptions;
+use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection, SqlxSqliteConnector};
 
 use crate::error::StoreError;
 use crate::priority::{self, PriorityError};
@@ -30,6 +31,9 @@ use crate::priority::{self, PriorityError};
 pub struct Store {
     /// The connection pool.
     db: DatabaseConnection,
+    /// Where chat batches are written: on SQLite a pool of its own with one connection (see
+    /// [`dedicated_writer`]), elsewhere the pool.
+    writer: DatabaseConnection,
     /// user id → name (names never change, users are never deleted).
     names: Arc<Mutex<HashMap<i64, Arc<str>>>>,
     /// (smaller user id, larger user id) → conversation id.
@@ -47,6 +51,13 @@ pub struct SqliteTuning {
     /// [`crate::priority`].
     pub thread_nice: i32,
 }
+
+/// WAL pages after which a commit copies the WAL back into the database file (SQLite's
+/// default is 1,000). A chat batch rewrites one index page per conversation it touches, so a
+/// busy replica's WAL holds the same pages many times over; checkpointing every 8,000 pages
+/// (32 MiB at 4 KiB pages) copies each of them once per many batches instead of once per
+/// three or four.
+const WAL_CHECKPOINT_PAGES: u32 = 8000;
 
 /// Whether the store already logged that it may not set its threads' priority.
 static NICE_REFUSED: AtomicBool = AtomicBool::new(false);
@@ -93,19 +104,11 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(false)
                 .row_buffer_size(1024)
+                .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
                 .thread_name(|id| format!("{}{id}", priority::SQLITE_THREAD_PREFIX))
         });
-        if sqlite.thread_nice != 0 {
-            let nice = sqlite.thread_nice;
-            opts.map_sqlx_sqlite_pool_opts(move |pool| {
-                pool.after_connect(move |_, _| {
-                    Box::pin(async move {
-                        prioritise_sqlite_threads(nice);
-                        Ok(())
-                    })
-                })
-            });
-        }
+        let nice = sqlite.thread_nice;
+        opts.map_sqlx_sqlite_pool_opts(move |pool| with_thread_nice(pool, nice));
         // MySQL/MariaDB sessions run READ COMMITTED, PostgreSQL's default: under InnoDB's
         // REPEATABLE READ an UPDATE keeps a lock on every row it scans, matching or not, and
         // the seq reservation of a batch (`WHERE id IN (…)` over a few hundred of a small
@@ -122,8 +125,14 @@ impl Store {
         });
         let db = Database::connect(opts).await?;
         Migrator::up(&db, None).await?;
+        let writer = if db.get_database_backend() == DatabaseBackend::Sqlite && !in_memory(url) {
+            dedicated_writer(&db, nice).await?
+        } else {
+            db.clone()
+        };
         Ok(Store {
             db,
+            writer,
             names: Arc::default(),
             pairs: Arc::default(),
             inserts: Arc::default(),
@@ -147,8 +156,49 @@ impl Store {
 
     /// Closes the pool (pending writes must be flushed before).
     pub async fn close(self) {
+        let _ = self.writer.close_by_ref().await;
         let _ = self.db.close().await;
     }
+}
+
+/// `pool` with the hook that gives each new connection's thread the nice value `nice` (none
+/// when 0).
+fn with_thread_nice(pool: SqlitePoolOptions, nice: i32) -> SqlitePoolOptions {
+    if nice == 0 {
+        return pool;
+    }
+    pool.after_connect(move |_, _| {
+        Box::pin(async move {
+            prioritise_sqlite_threads(nice);
+            Ok(())
+        })
+    })
+}
+
+/// Whether a SQLite URL names an in-memory database (which a second pool would not share).
+fn in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// SQLite's connection for chat batches: a pool of its own holding one connection, opened
+/// with the options of `db`'s. A write on one connection empties every other connection's page
+/// cache and the pool hands out its connections in turn, so batches written through the pool
+/// began with a cold cache (the index pages of every conversation read again); on its own
+/// connection each batch finds the pages the previous one left.
+async fn dedicated_writer(
+    db: &DatabaseConnection,
+    nice: i32,
+) -> anyhow::Result<DatabaseConnection> {
+    let options = (*db.get_sqlite_connection_pool().connect_options()).clone();
+    let pool = with_thread_nice(SqlitePoolOptions::new(), nice)
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        // Only the writer uses it, one batch after the other: nothing to test it for.
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await?;
+    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
 }
 
 #[cfg(test)]
@@ -182,6 +232,63 @@ mod tests {
         store.ping().await.unwrap();
         let nices = nice_of_threads(priority::SQLITE_THREAD_PREFIX);
         assert!(nices.contains(&3), "{nices:?}");
+        store.close().await;
+    }
+
+    /// A database file gets a pool of one connection for the message writer, besides the
+    /// pool; what the writer stores is read through the pool. An in-memory database, which a
+    /// second pool would not share, writes through its one pool.
+    #[tokio::test]
+    async fn a_database_file_writes_batches_on_a_connection_of_its_own() {
+        let path = std::env::temp_dir().join(format!(
+            "chat-writer-{}-{}.db",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let store = Store::connect(&url, 4, SqliteTuning::default())
+            .await
+            .unwrap();
+        let writer = store.writer.get_sqlite_connection_pool();
+        let pool = store.db.get_sqlite_connection_pool();
+        assert_eq!(writer.options().get_max_connections(), 1);
+        assert_eq!(pool.options().get_max_connections(), 4);
+        let conv = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
+        let message = messages::NewMessage {
+            sender: 1,
+            conv,
+            toid: Some(2),
+            groupid: None,
+            msg: "hello",
+            txnid: None,
+        };
+        store.write_batch(&[message], 5).await.unwrap();
+        let page = store
+            .history(conv, crate::protocol::HistoryPage::Newest, 10)
+            .await
+            .unwrap();
+        assert_eq!(page.0.len(), 1);
+        assert_eq!(page.0[0].msg, "hello");
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+
+        let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
+            .await
+            .unwrap();
+        assert!(std::ptr::eq(
+            store
+                .writer
+                .get_sqlite_connection_pool()
+                .connect_options()
+                .as_ref(),
+            store
+                .db
+                .get_sqlite_connection_pool()
+                .connect_options()
+                .as_ref()
+        ));
         store.close().await;
     }
 }
