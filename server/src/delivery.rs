@@ -413,14 +413,14 @@ impl Publisher {
                 conn: job.origin,
             };
             let start = events.len();
-            let channels = match (m.toid, m.groupid) {
-                (_, Some(g)) => vec![Channel::Group(g)],
+            let (first, second) = match (m.toid, m.groupid) {
+                (_, Some(g)) => (Channel::Group(g), None),
                 (Some(to), None) if to != m.sender => {
-                    vec![Channel::User(to), Channel::User(m.sender)]
+                    (Channel::User(to), Some(Channel::User(m.sender)))
                 }
-                _ => vec![Channel::User(m.sender)],
+                _ => (Channel::User(m.sender), None),
             };
-            for channel in channels {
+            for channel in std::iter::once(first).chain(second) {
                 let event = BusEvent::Push {
                     frame: frame.clone(),
                     skip: Some(origin.clone()),
