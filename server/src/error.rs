@@ -50,6 +50,24 @@ impl From<DbErr> for StoreError {
     }
 }
 
+impl From<sea_orm::sqlx::Error> for StoreError {
+    /// An error of a statement run through sqlx itself (the SQLite batch writer), classified
+    /// as sea-orm's own errors are.
+    fn from(e: sea_orm::sqlx::Error) -> Self {
+        use sea_orm::sqlx::Error;
+        let pool = matches!(
+            e,
+            Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed
+        );
+        let e = sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e));
+        if pool {
+            StoreError::Unavailable(DbErr::Conn(e))
+        } else {
+            StoreError::from(DbErr::Exec(e))
+        }
+    }
+}
+
 /// Why a request failed, as the service layer sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

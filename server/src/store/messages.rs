@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{
-    CaseStatement, Expr, ExprTrait, Func, OnConflict, Query, SelectStatement, Value,
+    CaseStatement, Expr, ExprTrait, Func, OnConflict, Query, SelectStatement,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, TransactionTrait,
+    ColumnTrait, Condition, DatabaseBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait,
 };
 
 use super::Store;
+use super::batch::BatchTxn;
 use super::entities::{conversation, message, read_cursor};
 use crate::error::StoreError;
 use crate::protocol::HistoryPage;
@@ -28,7 +29,7 @@ const INSERT_CHUNK: usize = 400;
 const INSERT_TEXTS: usize = 64;
 
 /// The columns a batch writes, in the order of each row's values (the id is the database's).
-const MESSAGE_COLUMNS: [message::Column; 8] = [
+pub(super) const MESSAGE_COLUMNS: [message::Column; 8] = [
     message::Column::Conv,
     message::Column::Seq,
     message::Column::Sender,
@@ -217,7 +218,7 @@ impl Store {
         }
 
         if !per_conv.is_empty() {
-            let txn = self.writer.begin().await?;
+            let mut txn = BatchTxn::begin(&self.writer).await?;
             // Reserve the seqs of every conversation of the batch in one statement (rows are
             // locked in key order, so concurrent batches of two replicas wait rather than
             // deadlock); the first statement is a write, which takes SQLite's lock up front.
@@ -228,37 +229,14 @@ impl Store {
                     Expr::val(idx.len() as i64),
                 );
             }
-            let mut reserve = conversation::Entity::update_many()
+            let reserve = conversation::Entity::update_many()
                 .col_expr(
                     conversation::Column::LastSeq,
                     Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
                 )
                 .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
                 .into_query();
-            let lasts: HashMap<i64, i64> = if self.backend() == DatabaseBackend::MySql {
-                // No UPDATE … RETURNING: the new last seqs are read back.
-                txn.execute(&reserve).await?;
-                conversation::Entity::find()
-                    .select_only()
-                    .column(conversation::Column::Id)
-                    .column(conversation::Column::LastSeq)
-                    .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
-                    .into_tuple::<(i64, i64)>()
-                    .all(&txn)
-                    .await?
-                    .into_iter()
-                    .collect()
-            } else {
-                reserve.returning(
-                    Query::returning()
-                        .columns([conversation::Column::Id, conversation::Column::LastSeq]),
-                );
-                let mut lasts = HashMap::with_capacity(per_conv.len());
-                for row in txn.query_all(&reserve).await? {
-                    lasts.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
-                }
-                lasts
-            };
+            let lasts = txn.reserve(reserve, per_conv.keys().copied()).await?;
             // (conv, seq, message) in insertion order, and the index of each in `items`.
             let mut rows = Vec::with_capacity(items.len());
             let mut at = Vec::with_capacity(items.len());
@@ -277,7 +255,9 @@ impl Store {
                     at.push(i);
                 }
             }
-            let ids = self.insert_messages(&txn, &rows, now_ms, &ranges).await?;
+            let ids = self
+                .insert_messages(&mut txn, &rows, now_ms, &ranges)
+                .await?;
             for ((&(conv, seq, m), &i), id) in rows.iter().zip(&at).zip(ids) {
                 out[i] = id.map(|id| {
                     Written::Stored(message::Model {
@@ -322,43 +302,24 @@ impl Store {
     /// promise, so the ids are read back.
     async fn insert_messages(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &mut BatchTxn,
         rows: &[(i64, i64, &NewMessage<'_>)],
         now_ms: i64,
         ranges: &[(i64, i64, i64)],
     ) -> Result<Vec<Option<i64>>, StoreError> {
-        let backend = self.backend();
-        let sqlite = backend == DatabaseBackend::Sqlite;
+        let sqlite = self.backend() == DatabaseBackend::Sqlite;
         let mut ids = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut values = Vec::with_capacity(chunk.len() * MESSAGE_COLUMNS.len());
-            for &(conv, seq, m) in chunk {
-                values.extend([
-                    Value::BigInt(Some(conv)),
-                    Value::BigInt(Some(seq)),
-                    Value::BigInt(Some(m.sender)),
-                    Value::BigInt(m.toid),
-                    Value::BigInt(m.groupid),
-                    Value::String(Some(m.msg.to_owned())),
-                    Value::BigInt(Some(now_ms)),
-                    Value::String(m.txnid.map(str::to_owned)),
-                ]);
-            }
-            let insert =
-                Statement::from_sql_and_values(backend, &*self.insert_sql(chunk.len()), values);
             let n = chunk.len();
-            let done = txn.execute_raw(insert).await?;
-            if done.rows_affected() != n as u64 {
+            let (inserted, last) = txn.insert(&self.insert_sql(n), chunk, now_ms).await?;
+            if inserted != n as u64 {
                 return Err(StoreError::Other(DbErr::Custom(format!(
-                    "inserted {} of {n} messages",
-                    done.rows_affected()
+                    "inserted {inserted} of {n} messages"
                 ))));
             }
-            if !sqlite {
-                continue;
+            if let Some(last) = last {
+                ids.extend((0..n).map(|k| Some(last - (n - 1 - k) as i64)));
             }
-            let last = i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX);
-            ids.extend((0..n).map(|k| Some(last - (n - 1 - k) as i64)));
         }
         if sqlite || ranges.is_empty() {
             return Ok(ids);
@@ -379,7 +340,9 @@ impl Store {
             .column(message::Column::Id)
             .filter(cond)
             .into_tuple::<(i64, i64, i64)>()
-            .all(txn)
+            .all(txn.orm().ok_or_else(|| {
+                StoreError::Other(DbErr::Custom("ids read back outside sea-orm".into()))
+            })?)
             .await?
             .into_iter()
             .map(|(conv, seq, id)| ((conv, seq), id))
@@ -625,7 +588,7 @@ fn same_message(stored: &message::Model, new: &NewMessage<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use sea_orm::sea_query::SqliteQueryBuilder;
-    use sea_orm::{DbBackend, Statement};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     use super::*;
     use crate::store::SqliteTuning;
@@ -725,6 +688,51 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, vec![4, 1], "the second is t-1, stored the first time");
+    }
+
+    /// A batch whose rows break a unique key fails as a duplicate, as through sea-orm (the
+    /// pipeline retries those), and rolls back: nothing stored, no seq reserved.
+    #[tokio::test]
+    async fn a_batch_breaking_a_unique_key_is_a_duplicate_and_stores_nothing() {
+        let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
+            .await
+            .expect("an in-memory database");
+        let conv = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
+        let message = |msg| NewMessage {
+            sender: 1,
+            conv,
+            toid: Some(2),
+            groupid: None,
+            msg,
+            txnid: None,
+        };
+        store.write_batch(&[message("first")], 1).await.unwrap();
+        // Forget the seq handed out: the next batch is given seq 1 again.
+        conversation::Entity::update_many()
+            .col_expr(conversation::Column::LastSeq, Expr::val(0i64))
+            .exec(&store.db)
+            .await
+            .unwrap();
+        let clash = store.write_batch(&[message("second")], 2).await;
+        assert!(matches!(clash, Err(StoreError::Duplicate(_))), "{clash:?}");
+        let stored = message::Entity::find().all(&store.db).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].msg, "first");
+        assert_eq!(
+            store.last_seq(conv).await.unwrap(),
+            0,
+            "the reservation rolled back"
+        );
+        conversation::Entity::update_many()
+            .col_expr(conversation::Column::LastSeq, Expr::val(1i64))
+            .exec(&store.db)
+            .await
+            .unwrap();
+        let written = store.write_batch(&[message("third")], 3).await.unwrap();
+        assert!(
+            matches!(&written[0], Written::Stored(m) if m.seq == 2),
+            "{written:?}"
+        );
     }
 
     /// The kept INSERT text has one parameter per column and row (NULLs included: a NULL

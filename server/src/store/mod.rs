@@ -4,9 +4,11 @@
 //! - [`accounts`]: users and friendships.
 //! - [`groups`]: groups and membership.
 //! - [`messages`]: conversations, batched message writes, history, read cursors, unread.
+//! - `batch`: the transaction a batch of messages is written in.
 //! - `packed`: reads of many rows, packed by SQLite into one JSON value.
 
 pub mod accounts;
+mod batch;
 pub mod entities;
 pub mod groups;
 pub mod messages;
