@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Counts a limit hit in the metrics.
@@ -61,8 +61,12 @@ impl TokenBucket {
 /// One bucket per user on this replica, shared by the user's connections.
 pub struct UserBuckets {
     rate: u32,
-    buckets: Mutex<HashMap<i64, TokenBucket>>,
+    buckets: Mutex<HashMap<i64, UserBucket>>,
 }
+
+/// A user's bucket, shared by the user's connections (each may keep it: see
+/// [`UserBuckets::bucket`]).
+pub type UserBucket = Arc<Mutex<TokenBucket>>;
 
 impl UserBuckets {
     /// Buckets of `rate` requests per second (0: unlimited).
@@ -73,22 +77,39 @@ impl UserBuckets {
         }
     }
 
-    /// Takes a token from `user`'s bucket.
-    pub fn try_take(&self, user: i64) -> bool {
+    /// `user`'s bucket (`None`: unlimited). A connection keeps it while logged in as `user`,
+    /// so that each request locks that user's bucket only, not the map of every user's.
+    pub fn bucket(&self, user: i64) -> Option<UserBucket> {
         if self.rate == 0 {
-            return true;
+            return None;
         }
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > 100_000 {
-            // Full buckets carry no state worth keeping.
+            // Buckets no connection holds and full again carry no state worth keeping.
             let now = Instant::now();
-            buckets.retain(|_, b| now.duration_since(b.last) < Duration::from_secs(10));
+            buckets.retain(|_, b| {
+                Arc::strong_count(b) > 1
+                    || b.lock()
+                        .is_ok_and(|b| now.duration_since(b.last) < Duration::from_secs(10))
+            });
         }
-        buckets
-            .entry(user)
-            .or_insert_with(|| TokenBucket::per_second(self.rate))
-            .try_take()
+        Some(
+            buckets
+                .entry(user)
+                .or_insert_with(|| Arc::new(Mutex::new(TokenBucket::per_second(self.rate))))
+                .clone(),
+        )
     }
+
+    /// Takes a token from `user`'s bucket.
+    pub fn try_take(&self, user: i64) -> bool {
+        self.bucket(user).is_none_or(|b| take(&b))
+    }
+}
+
+/// Takes a token from a user's bucket.
+pub fn take(bucket: &UserBucket) -> bool {
+    bucket.lock().unwrap_or_else(|p| p.into_inner()).try_take()
 }
 
 /// Events in the current one-minute window of one key.
@@ -242,6 +263,19 @@ mod tests {
         let users = UserBuckets::new(5);
         assert_eq!((0..500).filter(|_| users.try_take(1)).count(), 50);
         assert!(users.try_take(2));
+    }
+
+    /// A bucket kept by one connection is the one every other connection of the user takes
+    /// from, through its own kept handle or through the map.
+    #[test]
+    fn a_kept_bucket_is_shared_by_the_users_connections() {
+        let users = UserBuckets::new(5);
+        let (one, two) = (users.bucket(1).unwrap(), users.bucket(1).unwrap());
+        assert_eq!((0..30).filter(|_| take(&one)).count(), 30);
+        assert_eq!((0..30).filter(|_| take(&two)).count(), 20);
+        assert!(!users.try_take(1));
+        assert!(users.bucket(2).is_some_and(|b| take(&b)));
+        assert!(UserBuckets::new(0).bucket(1).is_none());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use crate::app::AppState;
 use crate::error::ServiceError;
 use crate::hub::{ConnHandle, Overflow};
-use crate::limits::{self, TokenBucket};
+use crate::limits::{self, TokenBucket, UserBucket};
 use crate::presence::Departure;
 use crate::protocol::{self, Incoming, Request};
 use crate::replies::Replies;
@@ -56,6 +56,7 @@ pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
         handle: ConnHandle::new(conn, tx, overflow.clone()),
         session: Session::new(conn, peer),
         rate: TokenBucket::per_second(state.config.rate_per_connection),
+        user_bucket: None,
         limited_in_a_row: 0,
         last_heard: Instant::now(),
         idle,
@@ -79,6 +80,9 @@ struct Connection {
     replies: Replies,
     /// This connection's request rate.
     rate: TokenBucket,
+    /// The logged-in user's shared bucket, kept from the user's first request (`None` inside:
+    /// unlimited).
+    user_bucket: Option<(i64, Option<UserBucket>)>,
     /// Requests refused for rate in a row (reset by an accepted one).
     limited_in_a_row: u32,
     /// When the client last sent anything (frames, pongs).
@@ -279,8 +283,14 @@ impl Connection {
             limits::hit("rate_connection");
             return false;
         }
-        if let Some(user) = user
-            && !self.state.user_rate.try_take(user)
+        let Some(user) = user else {
+            return true;
+        };
+        if self.user_bucket.as_ref().is_none_or(|(id, _)| *id != user) {
+            self.user_bucket = Some((user, self.state.user_rate.bucket(user)));
+        }
+        if let Some((_, Some(bucket))) = &self.user_bucket
+            && !limits::take(bucket)
         {
             limits::hit("rate_user");
             return false;
@@ -302,29 +312,39 @@ impl Connection {
 
     /// Writes `first` and every other reply already finished, then flushes.
     async fn write_replies(&mut self, first: String) -> Result<(), End> {
-        count_out(&first);
-        self.feed(socket::text_frames(first)).await?;
+        let mut counted = OutCount::of(&first);
+        let mut written = self.feed(socket::text_frames(first)).await;
         for _ in 1..WRITE_BURST {
+            if written.is_err() {
+                break;
+            }
             let Some(next) = self.replies.try_next() else {
                 break;
             };
-            count_out(&next);
-            self.feed(socket::text_frames(next)).await?;
+            counted.add(&next);
+            written = self.feed(socket::text_frames(next)).await;
         }
+        counted.flush();
+        written?;
         guarded(&self.overflow, self.idle, self.socket.flush()).await
     }
 
     /// Writes `first` and every other push already queued, then flushes.
     async fn write_pushes(&mut self, first: Arc<str>) -> Result<(), End> {
-        count_out(&first);
-        self.feed(socket::shared_text_frames(first)).await?;
+        let mut counted = OutCount::of(&first);
+        let mut written = self.feed(socket::shared_text_frames(first)).await;
         for _ in 1..WRITE_BURST {
+            if written.is_err() {
+                break;
+            }
             let Ok(next) = self.push_rx.try_recv() else {
                 break;
             };
-            count_out(&next);
-            self.feed(socket::shared_text_frames(next)).await?;
+            counted.add(&next);
+            written = self.feed(socket::shared_text_frames(next)).await;
         }
+        counted.flush();
+        written?;
         guarded(&self.overflow, self.idle, self.socket.flush()).await
     }
 
@@ -423,9 +443,39 @@ fn errno_label(errno: i64) -> &'static str {
     }
 }
 
-/// Counts an outgoing frame by its msgid.
-fn count_out(frame: &str) {
-    telemetry::frames_out(msgid_of(frame)).increment(1);
+/// Counts a burst of outgoing frames by msgid: one update of the shared counter per run of
+/// frames of the same msgid (a burst is mostly pushes, or mostly acks), not one per frame.
+struct OutCount {
+    msgid: i64,
+    frames: u64,
+}
+
+impl OutCount {
+    /// Starts with `frame`.
+    fn of(frame: &str) -> Self {
+        OutCount {
+            msgid: msgid_of(frame),
+            frames: 1,
+        }
+    }
+
+    /// Counts `frame`.
+    fn add(&mut self, frame: &str) {
+        let msgid = msgid_of(frame);
+        if msgid != self.msgid {
+            self.flush();
+            self.msgid = msgid;
+        }
+        self.frames += 1;
+    }
+
+    /// Adds the frames counted so far to the counter of their msgid.
+    fn flush(&mut self) {
+        if self.frames > 0 {
+            telemetry::frames_out(self.msgid).increment(self.frames);
+            self.frames = 0;
+        }
+    }
 }
 
 /// The msgid of a frame the server wrote (0 when it has none).
