@@ -64,9 +64,8 @@ pub struct UserBuckets {
     buckets: Mutex<HashMap<i64, UserBucket>>,
 }
 
-/// A user's bucket, shared by the user's connections (each may keep it: see
-/// [`UserBuckets::bucket`]).
-pub type UserBucket = Arc<Mutex<TokenBucket>>;
+/// A user's bucket, shared by the user's connections (each keeps it: see [`RequestRate`]).
+type UserBucket = Arc<Mutex<TokenBucket>>;
 
 impl UserBuckets {
     /// Buckets of `rate` requests per second (0: unlimited).
@@ -77,9 +76,8 @@ impl UserBuckets {
         }
     }
 
-    /// `user`'s bucket (`None`: unlimited). A connection keeps it while logged in as `user`,
-    /// so that each request locks that user's bucket only, not the map of every user's.
-    pub fn bucket(&self, user: i64) -> Option<UserBucket> {
+    /// `user`'s bucket (`None`: unlimited).
+    fn bucket(&self, user: i64) -> Option<UserBucket> {
         if self.rate == 0 {
             return None;
         }
@@ -102,14 +100,57 @@ impl UserBuckets {
     }
 
     /// Takes a token from `user`'s bucket.
-    pub fn try_take(&self, user: i64) -> bool {
+    #[cfg(test)]
+    fn try_take(&self, user: i64) -> bool {
         self.bucket(user).is_none_or(|b| take(&b))
     }
 }
 
 /// Takes a token from a user's bucket.
-pub fn take(bucket: &UserBucket) -> bool {
+fn take(bucket: &UserBucket) -> bool {
     bucket.lock().unwrap_or_else(|p| p.into_inner()).try_take()
+}
+
+/// A connection's request rate limits: its own bucket and, once logged in, its user's, kept
+/// from the user's first request so that a request locks that user's bucket only, not the
+/// map of every user's.
+#[derive(Debug)]
+pub struct RequestRate {
+    connection: TokenBucket,
+    /// The user the kept bucket is of, and the bucket (`None`: unlimited).
+    user: Option<(i64, Option<UserBucket>)>,
+}
+
+impl RequestRate {
+    /// `rate` requests per second for the connection (0: unlimited).
+    pub fn per_second(rate: u32) -> Self {
+        RequestRate {
+            connection: TokenBucket::per_second(rate),
+            user: None,
+        }
+    }
+
+    /// Takes a token from the connection's bucket and, for a logged-in `user`, from the user's
+    /// in `users`; a refusal is counted as the limit it hit.
+    pub fn allow(&mut self, users: &UserBuckets, user: Option<i64>) -> bool {
+        if !self.connection.try_take() {
+            hit("rate_connection");
+            return false;
+        }
+        let Some(user) = user else {
+            return true;
+        };
+        if self.user.as_ref().is_none_or(|(id, _)| *id != user) {
+            self.user = Some((user, users.bucket(user)));
+        }
+        if let Some((_, Some(bucket))) = &self.user
+            && !take(bucket)
+        {
+            hit("rate_user");
+            return false;
+        }
+        true
+    }
 }
 
 /// Events in the current one-minute window of one key.
@@ -276,6 +317,24 @@ mod tests {
         assert!(!users.try_take(1));
         assert!(users.bucket(2).is_some_and(|b| take(&b)));
         assert!(UserBuckets::new(0).bucket(1).is_none());
+    }
+
+    /// A connection's limits: its own bucket first, then its user's, shared with the user's
+    /// other connections, and another user's after a new login.
+    #[test]
+    fn a_connection_takes_from_its_bucket_then_its_users() {
+        let users = UserBuckets::new(2);
+        let mut one = RequestRate::per_second(100);
+        let mut other = RequestRate::per_second(100);
+        assert_eq!((0..15).filter(|_| one.allow(&users, Some(1))).count(), 15);
+        assert_eq!((0..15).filter(|_| other.allow(&users, Some(1))).count(), 5);
+        assert!(
+            one.allow(&users, None),
+            "anonymous: the connection's bucket only"
+        );
+        assert!(one.allow(&users, Some(2)), "another user, another bucket");
+        let mut slow = RequestRate::per_second(1);
+        assert_eq!((0..15).filter(|_| slow.allow(&users, Some(3))).count(), 10);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use crate::app::AppState;
 use crate::error::ServiceError;
 use crate::hub::{ConnHandle, Overflow};
-use crate::limits::{self, TokenBucket, UserBucket};
+use crate::limits::{self, RequestRate};
 use crate::presence::Departure;
 use crate::protocol::{self, Incoming, Request};
 use crate::replies::Replies;
@@ -55,8 +55,7 @@ pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
     let connection = Connection {
         handle: ConnHandle::new(conn, tx, overflow.clone()),
         session: Session::new(conn, peer),
-        rate: TokenBucket::per_second(state.config.rate_per_connection),
-        user_bucket: None,
+        rate: RequestRate::per_second(state.config.rate_per_connection),
         limited_in_a_row: 0,
         last_heard: Instant::now(),
         idle,
@@ -78,11 +77,8 @@ struct Connection {
     overflow: Arc<Overflow>,
     /// Replies in request order (rendered, or chat acks to come).
     replies: Replies,
-    /// This connection's request rate.
-    rate: TokenBucket,
-    /// The logged-in user's shared bucket, kept from the user's first request (`None` inside:
-    /// unlimited).
-    user_bucket: Option<(i64, Option<UserBucket>)>,
+    /// This connection's request rate, and its user's.
+    rate: RequestRate,
     /// Requests refused for rate in a row (reset by an accepted one).
     limited_in_a_row: u32,
     /// When the client last sent anything (frames, pongs).
@@ -188,7 +184,7 @@ impl Connection {
         let user = self.session.user.as_ref().map(|u| u.id);
         let incoming =
             protocol::read_request(text.as_str(), self.state.config.max_frame, user.is_some());
-        if !self.within_rate(user) {
+        if !self.rate.allow(&self.state.user_rate, user) {
             self.limited_in_a_row += 1;
             if self.limited_in_a_row > self.state.config.abuse_close_after {
                 return Err(End::Close(CLOSE_POLICY, "request rate limit exceeded"));
@@ -275,27 +271,6 @@ impl Connection {
             }
         }
         Ok(())
-    }
-
-    /// Takes a token from this connection's bucket and, logged in, from the user's.
-    fn within_rate(&mut self, user: Option<i64>) -> bool {
-        if !self.rate.try_take() {
-            limits::hit("rate_connection");
-            return false;
-        }
-        let Some(user) = user else {
-            return true;
-        };
-        if self.user_bucket.as_ref().is_none_or(|(id, _)| *id != user) {
-            self.user_bucket = Some((user, self.state.user_rate.bucket(user)));
-        }
-        if let Some((_, Some(bucket))) = &self.user_bucket
-            && !limits::take(bucket)
-        {
-            limits::hit("rate_user");
-            return false;
-        }
-        true
     }
 
     /// Queues an already-built reply behind the ones in flight.

@@ -43,7 +43,7 @@ use crate::delivery::ChatAck;
 use crate::error::ServiceError;
 use crate::http::HARD_MESSAGE_LIMIT;
 use crate::hub::{ConnHandle, ConnId, Overflow};
-use crate::limits::{self, TokenBucket};
+use crate::limits::RequestRate;
 use crate::presence::Departure;
 use crate::protocol::{self, ChatView, HISTORY_MAX_LIMIT, HistoryPage, Request, Target, msgid};
 use crate::service::{self, Session};
@@ -88,7 +88,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, state: App
         framer: Framer::new(state.config.max_frame, HARD_MESSAGE_LIMIT),
         handle: ConnHandle::new(conn, tx, overflow.clone()),
         session: Session::new(conn, Some(peer.ip())),
-        rate: TokenBucket::per_second(state.config.rate_per_connection),
+        rate: RequestRate::per_second(state.config.rate_per_connection),
         limited_in_a_row: 0,
         reader,
         writer,
@@ -133,7 +133,7 @@ struct Connection {
     overflow: Arc<Overflow>,
     in_flight: FuturesOrdered<Sending>,
     /// This connection's request rate.
-    rate: TokenBucket,
+    rate: RequestRate,
     /// Requests refused for rate in a row (reset by an accepted one).
     limited_in_a_row: u32,
     /// Set while a user is logged in.
@@ -173,10 +173,14 @@ impl Connection {
         let mut shutdown = self.state.shutdown.clone();
         let mut buf = vec![0u8; READ_BUFFER];
         let end = loop {
+            // A flag, as in the WebSocket loop: an overflowed queue is full, so this loop has
+            // pushes to take and comes back here.
+            if self.overflow.is_set() {
+                break End::TooSlow;
+            }
             let step = tokio::select! {
                 biased;
                 _ = super::stopping(&mut shutdown) => Err(End::Shutdown),
-                _ = self.overflow.notified() => Err(End::TooSlow),
                 Some(sent) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.on_sent(sent);
                     Ok(())
@@ -253,7 +257,10 @@ impl Connection {
 
     /// Handles one object.
     async fn on_object(&mut self, bytes: &[u8]) -> Result<(), End> {
-        if !self.within_rate() {
+        if !self.rate.allow(
+            &self.state.user_rate,
+            self.session.user.as_ref().map(|u| u.id),
+        ) {
             self.limited_in_a_row += 1;
             if self.limited_in_a_row > self.state.config.abuse_close_after {
                 return Err(End::Abuse);
@@ -345,22 +352,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// Takes a token from this connection's bucket and, logged in, from the user's (the same
-    /// limits as WebSocket connections).
-    fn within_rate(&mut self) -> bool {
-        if !self.rate.try_take() {
-            limits::hit("rate_connection");
-            return false;
-        }
-        if let Some(user) = &self.session.user
-            && !self.state.user_rate.try_take(user.id)
-        {
-            limits::hit("rate_user");
-            return false;
-        }
-        true
     }
 
     /// A request through the service layer, answered 503 past the request timeout.

@@ -65,7 +65,7 @@ impl BatchTxn {
     pub(super) async fn reserve(
         &mut self,
         mut reserve: UpdateStatement,
-        convs: impl Iterator<Item = i64> + Clone,
+        convs: impl Iterator<Item = i64>,
     ) -> Result<HashMap<i64, i64>, StoreError> {
         let returning =
             Query::returning().columns([conversation::Column::Id, conversation::Column::LastSeq]);
