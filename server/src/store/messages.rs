@@ -376,7 +376,11 @@ impl Store {
                 Expr::val(None::<String>),
             ]);
         }
-        let sql: Arc<str> = self.backend().build(&insert).sql.into();
+        let mut sql = self.backend().build(&insert).sql;
+        if self.backend() == DatabaseBackend::Sqlite {
+            sql = fail_on_conflict(sql);
+        }
+        let sql: Arc<str> = sql.into();
         if let Ok(mut texts) = self.inserts.lock()
             && texts.len() < INSERT_TEXTS
         {
@@ -578,6 +582,19 @@ fn unread_messages(uid: i64, groups: &[i64]) -> SelectStatement {
     convs
 }
 
+/// SQLite's `INSERT` of `sql` as `INSERT OR FAIL`: a constraint it breaks still fails it (and
+/// the writer rolls the batch back), but SQLite no longer keeps a statement journal for it. A
+/// multi-row statement that may abort (each NOT NULL or UNIQUE check of a plain INSERT may)
+/// must be undoable alone, so SQLite copied every page it changed, a chat batch's ~100 index
+/// pages per statement, into a temporary file before changing it. sea-query has no
+/// conflict clause for it; the text is a constant with one parameter per value.
+fn fail_on_conflict(sql: String) -> String {
+    match sql.strip_prefix("INSERT INTO ") {
+        Some(rest) => format!("INSERT OR FAIL INTO {rest}"),
+        None => sql,
+    }
+}
+
 fn same_message(stored: &message::Model, new: &NewMessage<'_>) -> bool {
     stored.conv == new.conv
         && stored.toid == new.toid
@@ -745,6 +762,7 @@ mod tests {
         let sql = store.insert_sql(3);
         assert_eq!(sql.matches('?').count(), 3 * MESSAGE_COLUMNS.len(), "{sql}");
         assert!(!sql.contains("NULL"), "{sql}");
+        assert!(sql.starts_with("INSERT OR FAIL INTO \"message\""), "{sql}");
         assert!(Arc::ptr_eq(&sql, &store.insert_sql(3)), "kept");
         assert_eq!(
             store.insert_sql(1).matches('?').count(),
