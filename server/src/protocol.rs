@@ -994,7 +994,7 @@ fn render_time(ms: i64) -> String {
 }
 
 /// The ACK_MSG of an accepted chat send (msgid 6 or 10), written directly: it is the hot path.
-/// Same text as the generic reply (keys in the same, sorted, order).
+/// The same object as the generic reply, its msgid first.
 pub fn chat_ack_frame(
     ackof: i64,
     reqid: Option<i64>,
@@ -1003,12 +1003,14 @@ pub fn chat_ack_frame(
     time_ms: i64,
 ) -> String {
     let mut out = String::with_capacity(128);
-    out.push_str(r#"{"ackof":"#);
+    // msgid first, as in every frame the server builds by hand: the socket loop counts
+    // outgoing frames by the msgid at their start.
+    out.push_str(r#"{"msgid":"#);
+    push_int(&mut out, msgid::ACK);
+    out.push_str(r#","ackof":"#);
     push_int(&mut out, ackof);
     out.push_str(r#","errmsg":"","errno":0,"message_id":"#);
     push_int(&mut out, message_id);
-    out.push_str(r#","msgid":"#);
-    push_int(&mut out, msgid::ACK);
     if let Some(r) = reqid {
         out.push_str(r#","reqid":"#);
         push_int(&mut out, r);
@@ -1331,10 +1333,10 @@ mod tests {
             generic.insert("message_id".into(), 42.into());
             generic.insert("seq".into(), 7.into());
             generic.insert("time".into(), format_time(1_795_756_224_123).into());
-            assert_eq!(
-                chat_ack_frame(msgid::GROUP_CHAT, reqid, 42, 7, 1_795_756_224_123),
-                Value::Object(generic).to_string()
-            );
+            let ack = chat_ack_frame(msgid::GROUP_CHAT, reqid, 42, 7, 1_795_756_224_123);
+            assert!(ack.starts_with(r#"{"msgid":11,"#), "{ack}");
+            let read: Value = serde_json::from_str(&ack).expect("the ack is JSON");
+            assert_eq!(read, Value::Object(generic));
         }
     }
 

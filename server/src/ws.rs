@@ -456,7 +456,7 @@ impl OutCount {
 /// The msgid of a frame the server wrote (0 when it has none).
 fn msgid_of(frame: &str) -> i64 {
     const KEY: &str = "\"msgid\":";
-    // Every frame the server builds starts with its msgid; searching is the fallback.
+    // Pushes and chat acks start with their msgid; other replies (keys sorted) are searched.
     let rest = match frame.strip_prefix('{').and_then(|f| f.strip_prefix(KEY)) {
         Some(rest) => Some(rest),
         None => frame.find(KEY).map(|at| &frame[at + KEY.len()..]),
