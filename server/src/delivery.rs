@@ -168,7 +168,11 @@ impl Writer {
             let mut stored = if jobs.is_empty() {
                 Stored::default()
             } else {
-                self.process(std::mem::take(&mut jobs)).await
+                // The next batch starts with room for as many jobs as this one, not an empty
+                // Vec grown by doubling (moving every job each time).
+                let batch = std::mem::take(&mut jobs);
+                jobs.reserve(batch.len());
+                self.process(batch).await
             };
             stored.flushes = std::mem::take(&mut flushes);
             if self.stored.send(stored).await.is_err() {

@@ -58,6 +58,7 @@ pub async fn serve(socket: Socket, state: AppState, peer: Option<IpAddr>) {
         rate: RequestRate::per_second(state.config.rate_per_connection),
         limited_in_a_row: 0,
         last_heard: Instant::now(),
+        heard: false,
         idle,
         socket,
         push_rx,
@@ -81,8 +82,11 @@ struct Connection {
     rate: RequestRate,
     /// Requests refused for rate in a row (reset by an accepted one).
     limited_in_a_row: u32,
-    /// When the client last sent anything (frames, pongs).
+    /// When the client was last known to have sent anything (frames, pongs): read at each
+    /// ping tick from `heard`, not from the clock at every frame.
     last_heard: Instant,
+    /// Whether anything arrived since the last ping tick.
+    heard: bool,
     /// Idle timeout (zero: none).
     idle: Duration,
 }
@@ -118,7 +122,7 @@ impl Connection {
                 Some(reply) = self.replies.next(), if !self.replies.is_empty() => self.write_replies(reply).await,
                 Some(push) = self.push_rx.recv() => self.write_pushes(push).await,
                 incoming = self.socket.next(), if self.replies.len() < MAX_IN_FLIGHT => {
-                    self.last_heard = Instant::now();
+                    self.heard = true;
                     match incoming {
                         None | Some(Ok(Message::Close(_))) => Err(End::Gone),
                         Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text)).await,
@@ -170,6 +174,11 @@ impl Connection {
     async fn ping(&mut self) -> Result<(), End> {
         if self.idle.is_zero() {
             return Ok(());
+        }
+        if std::mem::take(&mut self.heard) {
+            // Late by at most a tick, so a silent peer is dropped at worst a third of the
+            // timeout after it, never before.
+            self.last_heard = Instant::now();
         }
         if self.last_heard.elapsed() > self.idle {
             limits::hit("idle");
