@@ -1,63 +1,41 @@
-//! The transaction a batch of chat messages is written in. MySQL/MariaDB and PostgreSQL go
-//! through sea-orm; SQLite goes through sqlx itself, on the writer's own connection, and binds
-//! each row's values straight into sqlx's arguments: on its way to sqlx, sea-orm copies every
-//! value of a statement twice (into sea-query's values, then into sqlx's), and for the
-//! thousands of values of a batch those copies cost the writer more than its own work.
-//! Statements are built by sea-query either way; every value is a bound parameter.
+//! The transaction a batch of chat messages is written in through sea-orm: MySQL/MariaDB,
+//! PostgreSQL and an in-memory SQLite database (a SQLite file's batches go to
+//! `super::file_writer`). Statements are built by sea-query; every value is a bound parameter.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Query, SqliteQueryBuilder, UpdateStatement, Value};
-use sea_orm::sqlx::sqlite::SqliteArguments;
-use sea_orm::sqlx::{self, Arguments, AssertSqlSafe, Row, Sqlite};
+use sea_orm::sea_query::{Query, UpdateStatement, Value};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
     EntityTrait, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
-use sea_query_sqlx::SqlxValues;
 
 use super::entities::conversation;
 use super::messages::NewMessage;
 use crate::error::StoreError;
 
-/// One value of a message row.
-enum RowValue<'a> {
-    Int(Option<i64>),
-    Text(Option<&'a str>),
-}
-
 /// The values of one message row, in the order of [`super::messages::MESSAGE_COLUMNS`].
-fn row_values<'a>(conv: i64, seq: i64, m: &NewMessage<'a>, now_ms: i64) -> [RowValue<'a>; 8] {
+fn row_values(conv: i64, seq: i64, m: &NewMessage<'_>, now_ms: i64) -> [Value; 8] {
     [
-        RowValue::Int(Some(conv)),
-        RowValue::Int(Some(seq)),
-        RowValue::Int(Some(m.sender)),
-        RowValue::Int(m.toid),
-        RowValue::Int(m.groupid),
-        RowValue::Text(Some(m.msg)),
-        RowValue::Int(Some(now_ms)),
-        RowValue::Text(m.txnid),
+        Value::BigInt(Some(conv)),
+        Value::BigInt(Some(seq)),
+        Value::BigInt(Some(m.sender)),
+        Value::BigInt(m.toid),
+        Value::BigInt(m.groupid),
+        Value::String(Some(m.msg.to_owned())),
+        Value::BigInt(Some(now_ms)),
+        Value::String(m.txnid.map(str::to_owned)),
     ]
 }
 
 /// An open batch transaction.
-pub(super) enum BatchTxn {
-    /// MySQL/MariaDB or PostgreSQL, through sea-orm.
-    Orm(DatabaseTransaction),
-    /// SQLite, through sqlx.
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
-}
+pub(super) struct BatchTxn(DatabaseTransaction);
 
 impl BatchTxn {
-    /// Begins a transaction on `writer` (on SQLite, sqlx's own on the same pool).
-    pub(super) async fn begin(writer: &DatabaseConnection) -> Result<Self, StoreError> {
-        if writer.get_database_backend() == DatabaseBackend::Sqlite {
-            let txn = writer.get_sqlite_connection_pool().begin().await?;
-            Ok(BatchTxn::Sqlite(txn))
-        } else {
-            Ok(BatchTxn::Orm(writer.begin().await?))
-        }
+    /// Begins a transaction on `db`.
+    pub(super) async fn begin(db: &DatabaseConnection) -> Result<Self, StoreError> {
+        Ok(BatchTxn(db.begin().await?))
     }
 
     /// Runs `reserve`, the UPDATE that adds each conversation's count to its `last_seq`, and
@@ -67,102 +45,55 @@ impl BatchTxn {
         mut reserve: UpdateStatement,
         convs: impl Iterator<Item = i64>,
     ) -> Result<HashMap<i64, i64>, StoreError> {
-        let returning =
-            Query::returning().columns([conversation::Column::Id, conversation::Column::LastSeq]);
-        match self {
-            BatchTxn::Sqlite(txn) => {
-                let (sql, values) = reserve.returning(returning).build(SqliteQueryBuilder);
-                let rows = sqlx::query_with(AssertSqlSafe(sql), SqlxValues(values))
-                    .fetch_all(&mut **txn)
-                    .await?;
-                let mut lasts = HashMap::with_capacity(rows.len());
-                for row in rows {
-                    lasts.insert(row.try_get(0)?, row.try_get(1)?);
-                }
-                Ok(lasts)
-            }
-            BatchTxn::Orm(txn) if txn.get_database_backend() == DatabaseBackend::MySql => {
-                // No UPDATE … RETURNING: the new last seqs are read back.
-                txn.execute(&reserve).await?;
-                Ok(conversation::Entity::find()
-                    .select_only()
-                    .column(conversation::Column::Id)
-                    .column(conversation::Column::LastSeq)
-                    .filter(conversation::Column::Id.is_in(convs))
-                    .into_tuple::<(i64, i64)>()
-                    .all(&*txn)
-                    .await?
-                    .into_iter()
-                    .collect())
-            }
-            BatchTxn::Orm(txn) => {
-                reserve.returning(returning);
-                let mut lasts = HashMap::new();
-                for row in txn.query_all(&reserve).await? {
-                    lasts.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
-                }
-                Ok(lasts)
-            }
+        let txn = &self.0;
+        if txn.get_database_backend() == DatabaseBackend::MySql {
+            // No UPDATE … RETURNING: the new last seqs are read back.
+            txn.execute(&reserve).await?;
+            return Ok(conversation::Entity::find()
+                .select_only()
+                .column(conversation::Column::Id)
+                .column(conversation::Column::LastSeq)
+                .filter(conversation::Column::Id.is_in(convs))
+                .into_tuple::<(i64, i64)>()
+                .all(txn)
+                .await?
+                .into_iter()
+                .collect());
         }
+        reserve.returning(
+            Query::returning().columns([conversation::Column::Id, conversation::Column::LastSeq]),
+        );
+        let mut lasts = HashMap::new();
+        for row in txn.query_all(&reserve).await? {
+            lasts.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+        }
+        Ok(lasts)
     }
 
     /// Inserts `rows` (`(conv, seq, message)`) with `sql`, the multi-row INSERT text of that
-    /// many rows; returns the rows inserted and, on SQLite, the last rowid assigned (the
-    /// others give no such id for a multi-row INSERT: theirs are read back).
+    /// many rows; returns the rows inserted (their ids are read back: these databases give
+    /// none for a multi-row INSERT).
     pub(super) async fn insert(
         &mut self,
         sql: &Arc<str>,
         rows: &[(i64, i64, &NewMessage<'_>)],
         now_ms: i64,
-    ) -> Result<(u64, Option<i64>), StoreError> {
-        let done = match self {
-            BatchTxn::Sqlite(txn) => {
-                let mut args = SqliteArguments::default();
-                args.reserve(rows.len() * 8, 0);
-                for &(conv, seq, m) in rows {
-                    for value in row_values(conv, seq, m, now_ms) {
-                        match value {
-                            RowValue::Int(v) => args.add(v),
-                            RowValue::Text(v) => args.add(v),
-                        }
-                        .map_err(|e| StoreError::Other(DbErr::Custom(e.to_string())))?;
-                    }
-                }
-                let done = sqlx::query_with(AssertSqlSafe(&**sql), args)
-                    .execute(&mut **txn)
-                    .await?;
-                (done.rows_affected(), Some(done.last_insert_rowid()))
-            }
-            BatchTxn::Orm(txn) => {
-                let mut values = Vec::with_capacity(rows.len() * 8);
-                for &(conv, seq, m) in rows {
-                    values.extend(row_values(conv, seq, m, now_ms).map(|value| match value {
-                        RowValue::Int(v) => Value::BigInt(v),
-                        RowValue::Text(v) => Value::String(v.map(str::to_owned)),
-                    }));
-                }
-                let backend = txn.get_database_backend();
-                let insert = Statement::from_sql_and_values(backend, &**sql, values);
-                (txn.execute_raw(insert).await?.rows_affected(), None)
-            }
-        };
-        Ok(done)
+    ) -> Result<u64, StoreError> {
+        let mut values = Vec::with_capacity(rows.len() * 8);
+        for &(conv, seq, m) in rows {
+            values.extend(row_values(conv, seq, m, now_ms));
+        }
+        let insert = Statement::from_sql_and_values(self.0.get_database_backend(), &**sql, values);
+        Ok(self.0.execute_raw(insert).await?.rows_affected())
     }
 
-    /// The sea-orm transaction, for the reads that only the other databases need.
-    pub(super) fn orm(&self) -> Option<&DatabaseTransaction> {
-        match self {
-            BatchTxn::Orm(txn) => Some(txn),
-            BatchTxn::Sqlite(_) => None,
-        }
+    /// The transaction, for the reads made in it.
+    pub(super) fn orm(&self) -> &DatabaseTransaction {
+        &self.0
     }
 
     /// Commits.
     pub(super) async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            BatchTxn::Orm(txn) => txn.commit().await?,
-            BatchTxn::Sqlite(txn) => txn.commit().await?,
-        }
-        Ok(())
+        Ok(self.0.commit().await?)
     }
 }

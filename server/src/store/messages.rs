@@ -16,6 +16,7 @@ use sea_orm::{
 use super::Store;
 use super::batch::BatchTxn;
 use super::entities::{conversation, message, read_cursor};
+use super::file_writer::{Batch, FileWriter, Outcome, Row};
 use crate::error::StoreError;
 use crate::protocol::HistoryPage;
 
@@ -23,7 +24,7 @@ use crate::protocol::HistoryPage;
 pub const UNREAD_PER_CONVERSATION: u64 = 200;
 
 /// Rows per INSERT statement of a batch (8 parameters each, well under every database's limit).
-const INSERT_CHUNK: usize = 400;
+pub(super) const INSERT_CHUNK: usize = 400;
 
 /// INSERT texts kept (by number of rows): full chunks and the most frequent remainders.
 const INSERT_TEXTS: usize = 64;
@@ -218,62 +219,16 @@ impl Store {
         }
 
         if !per_conv.is_empty() {
-            let mut txn = BatchTxn::begin(&self.writer).await?;
-            // Reserve the seqs of every conversation of the batch in one statement (rows are
-            // locked in key order, so concurrent batches of two replicas wait rather than
-            // deadlock); the first statement is a write, which takes SQLite's lock up front.
-            let mut counts = CaseStatement::new();
-            for (conv, idx) in &per_conv {
-                counts = counts.case(
-                    conversation::Column::Id.eq(*conv),
-                    Expr::val(idx.len() as i64),
-                );
-            }
-            let reserve = conversation::Entity::update_many()
-                .col_expr(
-                    conversation::Column::LastSeq,
-                    Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
-                )
-                .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
-                .into_query();
-            let lasts = txn.reserve(reserve, per_conv.keys().copied()).await?;
-            // (conv, seq, message) in insertion order, and the index of each in `items`.
-            let mut rows = Vec::with_capacity(items.len());
-            let mut at = Vec::with_capacity(items.len());
-            let mut ranges = Vec::new();
-            for (conv, idx) in &per_conv {
-                let Some(last) = lasts.get(conv) else {
-                    for &i in idx {
-                        out[i] = Some(Written::Gone);
-                    }
-                    continue;
-                };
-                let first = last - idx.len() as i64 + 1;
-                ranges.push((*conv, first, *last));
-                for (k, &i) in idx.iter().enumerate() {
-                    rows.push((*conv, first + k as i64, &items[i]));
-                    at.push(i);
+            match &self.file_writer {
+                Some(writer) => {
+                    self.write_to_file(writer, &per_conv, items, now_ms, &mut out)
+                        .await?
+                }
+                None => {
+                    self.write_in_transaction(&per_conv, items, now_ms, &mut out)
+                        .await?
                 }
             }
-            let ids = self
-                .insert_messages(&mut txn, &rows, now_ms, &ranges)
-                .await?;
-            for ((&(conv, seq, m), &i), id) in rows.iter().zip(&at).zip(ids) {
-                out[i] = id.map(|id| {
-                    Written::Stored(message::Model {
-                        id,
-                        conv,
-                        seq,
-                        sender: m.sender,
-                        toid: m.toid,
-                        groupid: m.groupid,
-                        msg: m.msg.to_owned(),
-                        sent_at: now_ms,
-                        txnid: m.txnid.map(str::to_owned),
-                    })
-                });
-            }
-            txn.commit().await?;
         }
 
         for (i, first) in twin_of {
@@ -294,12 +249,139 @@ impl Store {
             .collect())
     }
 
+    /// Writes the messages of `per_conv` (conversation → indexes in `items`) in one sea-orm
+    /// transaction, and records each one's outcome in `out`.
+    async fn write_in_transaction(
+        &self,
+        per_conv: &BTreeMap<i64, Vec<usize>>,
+        items: &[NewMessage<'_>],
+        now_ms: i64,
+        out: &mut [Option<Written>],
+    ) -> Result<(), StoreError> {
+        let mut txn = BatchTxn::begin(&self.db).await?;
+        // Reserve the seqs of every conversation of the batch in one statement (rows are
+        // locked in key order, so concurrent batches of two replicas wait rather than
+        // deadlock); the first statement is a write, which takes SQLite's lock up front.
+        let mut counts = CaseStatement::new();
+        for (conv, idx) in per_conv {
+            counts = counts.case(
+                conversation::Column::Id.eq(*conv),
+                Expr::val(idx.len() as i64),
+            );
+        }
+        let reserve = conversation::Entity::update_many()
+            .col_expr(
+                conversation::Column::LastSeq,
+                Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
+            )
+            .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
+            .into_query();
+        let lasts = txn.reserve(reserve, per_conv.keys().copied()).await?;
+        // (conv, seq, message) in insertion order, and the index of each in `items`.
+        let mut rows = Vec::with_capacity(items.len());
+        let mut at = Vec::with_capacity(items.len());
+        let mut ranges = Vec::new();
+        for (conv, idx) in per_conv {
+            let Some(last) = lasts.get(conv) else {
+                for &i in idx {
+                    out[i] = Some(Written::Gone);
+                }
+                continue;
+            };
+            let first = last - idx.len() as i64 + 1;
+            ranges.push((*conv, first, *last));
+            for (k, &i) in idx.iter().enumerate() {
+                rows.push((*conv, first + k as i64, &items[i]));
+                at.push(i);
+            }
+        }
+        let ids = self
+            .insert_messages(&mut txn, &rows, now_ms, &ranges)
+            .await?;
+        for ((&(conv, seq, m), &i), id) in rows.iter().zip(&at).zip(ids) {
+            out[i] = id.map(|id| {
+                Written::Stored(message::Model {
+                    id,
+                    conv,
+                    seq,
+                    sender: m.sender,
+                    toid: m.toid,
+                    groupid: m.groupid,
+                    msg: m.msg.to_owned(),
+                    sent_at: now_ms,
+                    txnid: m.txnid.map(str::to_owned),
+                })
+            });
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the messages of `per_conv` (conversation → indexes in `items`) through a SQLite
+    /// file's writer thread, and records each one's outcome in `out`.
+    async fn write_to_file(
+        &self,
+        writer: &FileWriter,
+        per_conv: &BTreeMap<i64, Vec<usize>>,
+        items: &[NewMessage<'_>],
+        now_ms: i64,
+        out: &mut [Option<Written>],
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch {
+            convs: Vec::with_capacity(per_conv.len()),
+            rows: Vec::with_capacity(items.len()),
+            now_ms,
+        };
+        for (&conv, idx) in per_conv {
+            batch.convs.push((conv, idx.len()));
+            batch.rows.extend(idx.iter().map(|&i| {
+                let m = &items[i];
+                Row {
+                    conv,
+                    sender: m.sender,
+                    toid: m.toid,
+                    groupid: m.groupid,
+                    msg: m.msg.to_owned(),
+                    txnid: m.txnid.map(str::to_owned),
+                }
+            }));
+        }
+        let Outcome { lasts, ids, rows } = writer.write(batch).await?;
+        let (mut ids, mut rows) = (ids.into_iter(), rows.into_iter());
+        for ((&conv, idx), last) in per_conv.iter().zip(lasts) {
+            let mine = rows.by_ref().take(idx.len());
+            let Some(last) = last else {
+                mine.for_each(drop);
+                for &i in idx {
+                    out[i] = Some(Written::Gone);
+                }
+                continue;
+            };
+            let first = last - idx.len() as i64 + 1;
+            for ((k, &i), row) in idx.iter().enumerate().zip(mine) {
+                let id = ids.next().ok_or_else(|| {
+                    StoreError::Other(DbErr::Custom("a stored message without an id".into()))
+                })?;
+                out[i] = Some(Written::Stored(message::Model {
+                    id,
+                    conv,
+                    seq: first + k as i64,
+                    sender: row.sender,
+                    toid: row.toid,
+                    groupid: row.groupid,
+                    msg: row.msg,
+                    sent_at: now_ms,
+                    txnid: row.txnid,
+                }));
+            }
+        }
+        Ok(())
+    }
+
     /// Inserts `rows` (`(conv, seq, message)`: the seqs `first..=last` of each
     /// `(conv, first, last)` of `ranges`, in that order) in multi-row INSERTs of `INSERT_CHUNK`
-    /// rows and returns the id of each row, in order (`None`: not found when read back). On
-    /// SQLite the writer holds the database's only write lock, so the rows of one INSERT get
-    /// consecutive rowids ending at `last_insert_rowid()`; the other databases give no such
-    /// promise, so the ids are read back.
+    /// rows and returns the id of each row, in order (`None`: not found when read back): a
+    /// multi-row INSERT tells no ids, so they are read back.
     async fn insert_messages(
         &self,
         txn: &mut BatchTxn,
@@ -307,22 +389,17 @@ impl Store {
         now_ms: i64,
         ranges: &[(i64, i64, i64)],
     ) -> Result<Vec<Option<i64>>, StoreError> {
-        let sqlite = self.backend() == DatabaseBackend::Sqlite;
-        let mut ids = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(INSERT_CHUNK) {
             let n = chunk.len();
-            let (inserted, last) = txn.insert(&self.insert_sql(n), chunk, now_ms).await?;
+            let inserted = txn.insert(&self.insert_sql(n), chunk, now_ms).await?;
             if inserted != n as u64 {
                 return Err(StoreError::Other(DbErr::Custom(format!(
                     "inserted {inserted} of {n} messages"
                 ))));
             }
-            if let Some(last) = last {
-                ids.extend((0..n).map(|k| Some(last - (n - 1 - k) as i64)));
-            }
         }
-        if sqlite || ranges.is_empty() {
-            return Ok(ids);
+        if ranges.is_empty() {
+            return Ok(Vec::new());
         }
         let mut cond = Condition::any();
         for (conv, first, last) in ranges {
@@ -340,9 +417,7 @@ impl Store {
             .column(message::Column::Id)
             .filter(cond)
             .into_tuple::<(i64, i64, i64)>()
-            .all(txn.orm().ok_or_else(|| {
-                StoreError::Other(DbErr::Custom("ids read back outside sea-orm".into()))
-            })?)
+            .all(txn.orm())
             .await?
             .into_iter()
             .map(|(conv, seq, id)| ((conv, seq), id))
@@ -357,30 +432,12 @@ impl Store {
     /// built by sea-query once per number of rows and kept: building the statement with each
     /// batch's values (sea-orm models, then sea-query) cost the writer more CPU than SQLite
     /// spent running it.
-    fn insert_sql(&self, rows: usize) -> Arc<str> {
+    pub(super) fn insert_sql(&self, rows: usize) -> Arc<str> {
         let cached = self.inserts.lock().ok().and_then(|t| t.get(&rows).cloned());
         if let Some(sql) = cached {
             return sql;
         }
-        let mut insert = Query::insert();
-        insert.into_table(message::Entity).columns(MESSAGE_COLUMNS);
-        for _ in 0..rows {
-            insert.values_panic([
-                Expr::val(0i64),
-                Expr::val(0i64),
-                Expr::val(0i64),
-                Expr::val(None::<i64>),
-                Expr::val(None::<i64>),
-                Expr::val(String::new()),
-                Expr::val(0i64),
-                Expr::val(None::<String>),
-            ]);
-        }
-        let mut sql = self.backend().build(&insert).sql;
-        if self.backend() == DatabaseBackend::Sqlite {
-            sql = fail_on_conflict(sql);
-        }
-        let sql: Arc<str> = sql.into();
+        let sql: Arc<str> = insert_text(self.backend(), rows).into();
         if let Ok(mut texts) = self.inserts.lock()
             && texts.len() < INSERT_TEXTS
         {
@@ -582,6 +639,31 @@ fn unread_messages(uid: i64, groups: &[i64]) -> SelectStatement {
     convs
 }
 
+/// The text of an INSERT of `rows` messages ([`MESSAGE_COLUMNS`], one parameter each) for
+/// `backend`.
+pub(super) fn insert_text(backend: DatabaseBackend, rows: usize) -> String {
+    let mut insert = Query::insert();
+    insert.into_table(message::Entity).columns(MESSAGE_COLUMNS);
+    for _ in 0..rows {
+        insert.values_panic([
+            Expr::val(0i64),
+            Expr::val(0i64),
+            Expr::val(0i64),
+            Expr::val(None::<i64>),
+            Expr::val(None::<i64>),
+            Expr::val(String::new()),
+            Expr::val(0i64),
+            Expr::val(None::<String>),
+        ]);
+    }
+    let sql = backend.build(&insert).sql;
+    if backend == DatabaseBackend::Sqlite {
+        fail_on_conflict(sql)
+    } else {
+        sql
+    }
+}
+
 /// SQLite's `INSERT` of `sql` as `INSERT OR FAIL`: a constraint it breaks still fails it (and
 /// the writer rolls the batch back), but SQLite no longer keeps a statement journal for it. A
 /// multi-row statement that may abort (each NOT NULL or UNIQUE check of a plain INSERT may)
@@ -609,6 +691,35 @@ mod tests {
 
     use super::*;
     use crate::store::SqliteTuning;
+
+    /// The two ways a SQLite store writes batches: an in-memory database (through sea-orm)
+    /// and a database file (through its writer thread), with the file to remove afterwards.
+    async fn sqlite_stores() -> Vec<(Store, Option<std::path::PathBuf>)> {
+        let memory = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
+            .await
+            .expect("an in-memory database");
+        let path = std::env::temp_dir().join(format!(
+            "chat-batch-{}-{}.db",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let file = Store::connect(&url, 2, SqliteTuning::default())
+            .await
+            .expect("a database file");
+        assert!(file.file_writer.is_some());
+        vec![(memory, None), (file, Some(path))]
+    }
+
+    /// Closes `store` and removes its file.
+    async fn close(store: Store, path: Option<std::path::PathBuf>) {
+        store.close().await;
+        if let Some(path) = path {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }
+    }
 
     /// The plan SQLite picks for the one-query backlog: a bad join order would scan every
     /// message ever sent at each login.
@@ -648,9 +759,13 @@ mod tests {
     /// every message gets the id of its own row and contiguous seqs.
     #[tokio::test]
     async fn a_batch_gives_each_message_its_own_row_id_and_seq() {
-        let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
-            .await
-            .expect("an in-memory database");
+        for (store, path) in sqlite_stores().await {
+            batch_ids_and_seqs(&store).await;
+            close(store, path).await;
+        }
+    }
+
+    async fn batch_ids_and_seqs(store: &Store) {
         let a = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
         let b = store.pair_conversation(1, 3, true).await.unwrap().unwrap();
         let texts = ["plain", "a \"quote\"\n\u{0}é😀", "", "[1,2]", "null", "x"];
@@ -711,9 +826,13 @@ mod tests {
     /// pipeline retries those), and rolls back: nothing stored, no seq reserved.
     #[tokio::test]
     async fn a_batch_breaking_a_unique_key_is_a_duplicate_and_stores_nothing() {
-        let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
-            .await
-            .expect("an in-memory database");
+        for (store, path) in sqlite_stores().await {
+            a_clash_stores_nothing(&store).await;
+            close(store, path).await;
+        }
+    }
+
+    async fn a_clash_stores_nothing(store: &Store) {
         let conv = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
         let message = |msg| NewMessage {
             sender: 1,

@@ -4,12 +4,15 @@
 //! - [`accounts`]: users and friendships.
 //! - [`groups`]: groups and membership.
 //! - [`messages`]: conversations, batched message writes, history, read cursors, unread.
-//! - `batch`: the transaction a batch of messages is written in.
+//! - `batch`: the transaction a batch of messages is written in (MySQL/MariaDB, PostgreSQL,
+//!   an in-memory SQLite database).
+//! - `file_writer`: a SQLite file's batches, written on a thread of their own.
 //! - `packed`: reads of many rows, packed by SQLite into one JSON value.
 
 pub mod accounts;
 mod batch;
 pub mod entities;
+mod file_writer;
 pub mod groups;
 pub mod messages;
 mod packed;
@@ -22,10 +25,11 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::Executor;
 use sea_orm::sqlx::sqlite::SqlitePoolOptions;
-use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection, SqlxSqliteConnector};
+use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
 
 use crate::error::StoreError;
 use crate::priority::{self, PriorityError};
+use file_writer::FileWriter;
 
 /// Handle to the database, cheap to clone. Also caches what never changes once written: user
 /// names, the conversation id of each 1:1 pair, and the text of the writer's INSERTs.
@@ -33,9 +37,8 @@ use crate::priority::{self, PriorityError};
 pub struct Store {
     /// The connection pool.
     db: DatabaseConnection,
-    /// Where chat batches are written: on SQLite a pool of its own with one connection (see
-    /// [`dedicated_writer`]), elsewhere the pool.
-    writer: DatabaseConnection,
+    /// A SQLite file's chat-batch writer (elsewhere batches go through the pool).
+    file_writer: Option<FileWriter>,
     /// user id → name (names never change, users are never deleted).
     names: Arc<Mutex<HashMap<i64, Arc<str>>>>,
     /// (smaller user id, larger user id) → conversation id.
@@ -127,18 +130,20 @@ impl Store {
         });
         let db = Database::connect(opts).await?;
         Migrator::up(&db, None).await?;
-        let writer = if db.get_database_backend() == DatabaseBackend::Sqlite && !in_memory(url) {
-            dedicated_writer(&db, nice).await?
-        } else {
-            db.clone()
-        };
-        Ok(Store {
+        let mut store = Store {
             db,
-            writer,
+            file_writer: None,
             names: Arc::default(),
             pairs: Arc::default(),
             inserts: Arc::default(),
-        })
+        };
+        // An in-memory database is its pool's own: another connection would not see it.
+        if store.backend() == DatabaseBackend::Sqlite && !in_memory(url) {
+            let options = store.db.get_sqlite_connection_pool().connect_options();
+            let path = options.get_filename().to_owned();
+            store.file_writer = Some(FileWriter::open(&path, sqlite)?);
+        }
+        Ok(store)
     }
 
     /// The underlying connection (for health checks).
@@ -158,7 +163,6 @@ impl Store {
 
     /// Closes the pool (pending writes must be flushed before).
     pub async fn close(self) {
-        let _ = self.writer.close_by_ref().await;
         let _ = self.db.close().await;
     }
 }
@@ -180,27 +184,6 @@ fn with_thread_nice(pool: SqlitePoolOptions, nice: i32) -> SqlitePoolOptions {
 /// Whether a SQLite URL names an in-memory database (which a second pool would not share).
 fn in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
-}
-
-/// SQLite's connection for chat batches: a pool of its own holding one connection, opened
-/// with the options of `db`'s. A write on one connection empties every other connection's page
-/// cache and the pool hands out its connections in turn, so batches written through the pool
-/// began with a cold cache (the index pages of every conversation read again); on its own
-/// connection each batch finds the pages the previous one left.
-async fn dedicated_writer(
-    db: &DatabaseConnection,
-    nice: i32,
-) -> anyhow::Result<DatabaseConnection> {
-    let options = (*db.get_sqlite_connection_pool().connect_options()).clone();
-    let pool = with_thread_nice(SqlitePoolOptions::new(), nice)
-        .max_connections(1)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        // Only the writer uses it, one batch after the other: nothing to test it for.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await?;
-    Ok(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
 }
 
 #[cfg(test)]
@@ -237,9 +220,9 @@ mod tests {
         store.close().await;
     }
 
-    /// A database file gets a pool of one connection for the message writer, besides the
-    /// pool; what the writer stores is read through the pool. An in-memory database, which a
-    /// second pool would not share, writes through its one pool.
+    /// A database file gets a writer thread with a connection of its own, besides the pool;
+    /// what the writer stores is read through the pool. An in-memory database, which another
+    /// connection would not share, writes through its one pool.
     #[tokio::test]
     async fn a_database_file_writes_batches_on_a_connection_of_its_own() {
         let path = std::env::temp_dir().join(format!(
@@ -251,10 +234,7 @@ mod tests {
         let store = Store::connect(&url, 4, SqliteTuning::default())
             .await
             .unwrap();
-        let writer = store.writer.get_sqlite_connection_pool();
-        let pool = store.db.get_sqlite_connection_pool();
-        assert_eq!(writer.options().get_max_connections(), 1);
-        assert_eq!(pool.options().get_max_connections(), 4);
+        assert!(store.file_writer.is_some());
         let conv = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
         let message = messages::NewMessage {
             sender: 1,
@@ -265,6 +245,13 @@ mod tests {
             txnid: None,
         };
         store.write_batch(&[message], 5).await.unwrap();
+        // (Named by the thread itself as it starts: looked for once it has written.)
+        let threads = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == format!("{}w", priority::SQLITE_THREAD_PREFIX))
+            .count();
+        assert!(threads >= 1, "the writer has a thread of its own");
         let page = store
             .history(conv, crate::protocol::HistoryPage::Newest, 10)
             .await
@@ -279,18 +266,7 @@ mod tests {
         let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
             .await
             .unwrap();
-        assert!(std::ptr::eq(
-            store
-                .writer
-                .get_sqlite_connection_pool()
-                .connect_options()
-                .as_ref(),
-            store
-                .db
-                .get_sqlite_connection_pool()
-                .connect_options()
-                .as_ref()
-        ));
+        assert!(store.file_writer.is_none());
         store.close().await;
     }
 }

@@ -1,0 +1,280 @@
+//! SQLite's chat batches, written on a thread of their own that holds the database file's
+//! writing connection (rusqlite, synchronous). A batch crosses to that thread once and its
+//! outcome comes back once; through sqlx every statement of a batch (BEGIN, the seq
+//! reservation, each multi-row INSERT, COMMIT) was a hand-off to sqlx's connection thread and
+//! back, and each row's values were first copied into sqlx's argument list on the runtime.
+//! Here each row's values are bound straight into SQLite's statement. The statements are
+//! sea-query's; every value is a bound parameter.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, ToSql, TransactionBehavior};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Query, SqliteQueryBuilder, Value};
+use sea_orm::{DatabaseBackend, DbErr};
+use tokio::sync::oneshot;
+
+use super::entities::conversation;
+use super::messages::{INSERT_CHUNK, insert_text};
+use super::{SqliteTuning, WAL_CHECKPOINT_PAGES};
+use crate::error::StoreError;
+use crate::priority;
+
+/// One message of a batch, owned: it crosses to the writer's thread.
+#[derive(Debug)]
+pub(super) struct Row {
+    /// Conversation id.
+    pub conv: i64,
+    /// Sender.
+    pub sender: i64,
+    /// Recipient of a 1:1 message.
+    pub toid: Option<i64>,
+    /// Group of a group message.
+    pub groupid: Option<i64>,
+    /// Text.
+    pub msg: String,
+    /// Idempotency key.
+    pub txnid: Option<String>,
+}
+
+/// A batch: its rows grouped by conversation, each conversation's rows in order.
+#[derive(Debug)]
+pub(super) struct Batch {
+    /// Each conversation of the batch and how many of `rows` (consecutive) are its.
+    pub convs: Vec<(i64, usize)>,
+    /// The rows, conversation after conversation, in the order of `convs`.
+    pub rows: Vec<Row>,
+    /// The time every message of the batch is stored with.
+    pub now_ms: i64,
+}
+
+/// What became of a batch: each conversation's new last seq (`None`: it no longer exists and
+/// its rows were not stored) and, for each stored row in order, its id. The rows come back
+/// too, so that their text need not be copied again.
+#[derive(Debug)]
+pub(super) struct Outcome {
+    /// New last seq per conversation of the batch, in the order of `Batch::convs`.
+    pub lasts: Vec<Option<i64>>,
+    /// Ids of the stored rows, in order (rows of a conversation that is gone have none).
+    pub ids: Vec<i64>,
+    /// The batch's rows, handed back.
+    pub rows: Vec<Row>,
+}
+
+struct Job {
+    batch: Batch,
+    done: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// Handle to the writer's thread, cheap to clone; the thread ends (closing its connection)
+/// once every handle is dropped.
+#[derive(Clone)]
+pub(super) struct FileWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// INSERT texts by number of rows (at most `INSERT_CHUNK` of them), made once each on the
+/// writer's thread.
+#[derive(Default)]
+struct InsertTexts(HashMap<usize, String>);
+
+impl InsertTexts {
+    fn of(&mut self, rows: usize) -> &str {
+        self.0
+            .entry(rows)
+            .or_insert_with(|| insert_text(DatabaseBackend::Sqlite, rows))
+    }
+}
+
+impl FileWriter {
+    /// Opens the writing connection to the database file at `path` (already created and
+    /// migrated by the pool) on a thread of its own.
+    pub(super) fn open(path: &Path, tuning: SqliteTuning) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        let synchronous = if tuning.fsync_every_commit {
+            "full"
+        } else {
+            "normal"
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.pragma_update(None, "foreign_keys", "off")?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        // Full chunks, the remainders and the seq reservations of as many conversation counts.
+        conn.set_prepared_statement_cache_capacity(128);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("{}w", priority::SQLITE_THREAD_PREFIX))
+            .spawn(move || {
+                if tuning.thread_nice != 0 {
+                    super::prioritise_sqlite_threads(tuning.thread_nice);
+                }
+                let (mut conn, mut texts) = (conn, InsertTexts::default());
+                for job in rx {
+                    let outcome = write(&mut conn, &mut texts, job.batch);
+                    let _ = job.done.send(outcome);
+                }
+            })?;
+        Ok(FileWriter { jobs })
+    }
+
+    /// Stores `batch` in one transaction.
+    pub(super) async fn write(&self, batch: Batch) -> Result<Outcome, StoreError> {
+        let (done, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job { batch, done })
+            .map_err(|_| gone("the SQLite writer thread is gone"))?;
+        outcome
+            .await
+            .map_err(|_| gone("the SQLite writer thread stopped"))?
+    }
+}
+
+fn gone(why: &str) -> StoreError {
+    StoreError::Unavailable(DbErr::Custom(why.into()))
+}
+
+/// The UPDATE that adds each conversation's count to its `last_seq`, returning the new
+/// ones, and its values (conversation ids and counts).
+fn reserve_statement(convs: &[(i64, usize)]) -> (String, Vec<Value>) {
+    let mut counts = CaseStatement::new();
+    for &(conv, count) in convs {
+        counts = counts.case(
+            Expr::col(conversation::Column::Id).eq(conv),
+            Expr::val(count as i64),
+        );
+    }
+    let (sql, values) = Query::update()
+        .table(conversation::Entity)
+        .value(
+            conversation::Column::LastSeq,
+            Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
+        )
+        .and_where(Expr::col(conversation::Column::Id).is_in(convs.iter().map(|&(c, _)| c)))
+        .returning(
+            Query::returning().columns([conversation::Column::Id, conversation::Column::LastSeq]),
+        )
+        .build(SqliteQueryBuilder);
+    (sql, values.0)
+}
+
+/// A sea-query value bound into `statement` at `index` (the reservation's are integers).
+fn bind(
+    statement: &mut rusqlite::Statement<'_>,
+    index: usize,
+    value: &Value,
+) -> Result<(), StoreError> {
+    let n = match value {
+        Value::BigInt(Some(n)) => *n,
+        Value::Int(Some(n)) => i64::from(*n),
+        other => {
+            return Err(StoreError::Other(DbErr::Custom(format!(
+                "unexpected value in the seq reservation: {other:?}"
+            ))));
+        }
+    };
+    statement.raw_bind_parameter(index, n).map_err(classify)
+}
+
+/// Runs one batch: reserves the seqs of every conversation of the batch in one statement (the
+/// first statement writes, so the write lock is taken up front), inserts the rows of the
+/// conversations that exist in multi-row INSERTs, commits. Any error rolls the whole batch
+/// back.
+fn write(
+    conn: &mut Connection,
+    texts: &mut InsertTexts,
+    batch: Batch,
+) -> Result<Outcome, StoreError> {
+    let Batch {
+        convs,
+        rows,
+        now_ms,
+    } = batch;
+    let txn = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(classify)?;
+    let mut reserved = HashMap::with_capacity(convs.len());
+    {
+        let (sql, values) = reserve_statement(&convs);
+        let mut reserve = txn.prepare_cached(&sql).map_err(classify)?;
+        for (i, value) in values.iter().enumerate() {
+            bind(&mut reserve, i + 1, value)?;
+        }
+        let mut returned = reserve.raw_query();
+        while let Some(row) = returned.next().map_err(classify)? {
+            let conv: i64 = row.get(0).map_err(classify)?;
+            reserved.insert(conv, row.get::<_, i64>(1).map_err(classify)?);
+        }
+    }
+    // (seq, row) of every row to insert, and each conversation's new last seq.
+    let mut placed = Vec::with_capacity(rows.len());
+    let mut lasts = Vec::with_capacity(convs.len());
+    let mut at = 0;
+    for &(conv, count) in &convs {
+        let last = reserved.get(&conv).copied();
+        lasts.push(last);
+        if let Some(last) = last {
+            let first = last - count as i64 + 1;
+            placed.extend((first..).zip(&rows[at..at + count]));
+        }
+        at += count;
+    }
+    let mut ids = Vec::with_capacity(placed.len());
+    for chunk in placed.chunks(INSERT_CHUNK) {
+        let mut insert = txn
+            .prepare_cached(texts.of(chunk.len()))
+            .map_err(classify)?;
+        let mut index = 1;
+        for &(seq, row) in chunk {
+            let values: [&dyn ToSql; 8] = [
+                &row.conv,
+                &seq,
+                &row.sender,
+                &row.toid,
+                &row.groupid,
+                &row.msg,
+                &now_ms,
+                &row.txnid,
+            ];
+            for value in values {
+                insert.raw_bind_parameter(index, value).map_err(classify)?;
+                index += 1;
+            }
+        }
+        let inserted = insert.raw_execute().map_err(classify)?;
+        if inserted != chunk.len() {
+            return Err(StoreError::Other(DbErr::Custom(format!(
+                "inserted {inserted} of {} messages",
+                chunk.len()
+            ))));
+        }
+        // The writer holds the database's only write lock: the rows of one INSERT get
+        // consecutive rowids, ending at the last one assigned.
+        let last = txn.last_insert_rowid();
+        ids.extend((0..chunk.len() as i64).rev().map(|k| last - k));
+    }
+    txn.commit().map_err(classify)?;
+    Ok(Outcome { lasts, ids, rows })
+}
+
+/// A rusqlite error as the store's errors are classified: a unique key broken is a duplicate
+/// (the pipeline retries those), a busy or locked database a conflict.
+fn classify(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi::ErrorCode;
+    let code = e.sqlite_error().map(|f| (f.code, f.extended_code));
+    let err = DbErr::Custom(e.to_string());
+    match code {
+        Some((ErrorCode::ConstraintViolation, rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE))
+        | Some((ErrorCode::ConstraintViolation, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)) => {
+            StoreError::Duplicate(err)
+        }
+        Some((ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked, _)) => StoreError::Conflict(err),
+        Some((ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull, _)) => {
+            StoreError::Unavailable(err)
+        }
+        _ => StoreError::Other(err),
+    }
+}
