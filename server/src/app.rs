@@ -172,8 +172,13 @@ impl Application {
             Duration::from_millis(config.presence_grace_ms),
         )
         .await?;
-        let (delivery, writer) =
-            Delivery::start(store.clone(), bus.clone(), node.clone(), config.write_batch);
+        let (delivery, writer) = Delivery::start(
+            store.clone(),
+            bus.clone(),
+            node.clone(),
+            config.write_batch,
+            Duration::from_millis(config.write_linger_ms),
+        );
         let (tx, rx) = watch::channel(false);
         let user_rate = UserBuckets::new(config.rate_per_user);
         let login_throttle = LoginThrottle::new(

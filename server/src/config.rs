@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_WRITE_BATCH", default_value_t = 2048)]
     pub write_batch: usize,
 
+    /// Milliseconds the message writer may wait for a batch to fill while sends keep coming
+    /// (group commit's delay; never for a lone message); 0 never waits.
+    #[arg(long, env = "CHAT_WRITE_LINGER_MS", default_value_t = 2)]
+    pub write_linger_ms: u64,
+
     /// Maximum database connections in the pool.
     #[arg(long, env = "CHAT_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -77,6 +77,10 @@ const BATCH_ATTEMPTS: usize = 3;
 /// Stored batches that may wait for the publishing stage before the writer waits too.
 const STORED_QUEUE: usize = 2;
 
+/// The writer lingers for more sends only after a batch of at least this many: a lone user's
+/// message never waits for company.
+const LINGER_AFTER: usize = 8;
+
 /// A batch the writer is done with, on its way to the bus and to its senders.
 #[derive(Default)]
 struct Stored {
@@ -93,17 +97,25 @@ struct Stored {
 impl Delivery {
     /// Starts the pipeline: the writer and the publishing task. The handle ends when both have
     /// (aborting it stops the writer; the publishing task then ends once drained).
+    /// `linger` is how long the writer may wait to fill a batch while sends keep coming (see
+    /// `Writer::linger`); zero never waits.
     pub fn start(
         store: Store,
         bus: Bus,
         node: Arc<str>,
         batch_max: usize,
+        linger: Duration,
     ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
         let (stored_tx, stored_rx) = mpsc::channel(STORED_QUEUE);
+        let batch_max = batch_max.max(1);
         let writer = Writer {
             store,
-            batch_max: batch_max.max(1),
+            batch_max,
+            linger,
+            // Filled to an eighth of the largest batch, a batch's fixed cost (a transaction, a
+            // commit, a page per conversation) is already spread thin.
+            linger_until: (batch_max / 8).max(1),
             stored: stored_tx,
         };
         let publisher = Publisher { bus, node };
@@ -141,6 +153,10 @@ impl Delivery {
 struct Writer {
     store: Store,
     batch_max: usize,
+    /// Longest wait for more sends after the first of a batch (see [`Writer::linger`]).
+    linger: Duration,
+    /// Sends after which the writer stops lingering.
+    linger_until: usize,
     stored: mpsc::Sender<Stored>,
 }
 
@@ -154,7 +170,9 @@ impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Command>) {
         let mut jobs = Vec::with_capacity(self.batch_max);
         let mut flushes = Vec::new();
+        let mut last_batch = 0;
         while let Some(cmd) = rx.recv().await {
+            let started = Instant::now();
             let mut next = Some(cmd);
             while let Some(cmd) = next.take() {
                 match cmd {
@@ -165,6 +183,18 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
+            if last_batch >= LINGER_AFTER && !self.linger.is_zero() {
+                let deadline = tokio::time::Instant::from_std(started + self.linger);
+                linger(
+                    &mut rx,
+                    &mut jobs,
+                    &mut flushes,
+                    self.linger_until,
+                    deadline,
+                )
+                .await;
+            }
+            last_batch = jobs.len();
             let mut stored = if jobs.is_empty() {
                 Stored::default()
             } else {
@@ -447,6 +477,36 @@ impl Publisher {
     }
 }
 
+/// Group commit's delay: while sends keep coming (the previous batch held several), the
+/// writer waits until `deadline` for its batch to fill to `until`. Each batch costs the
+/// database a transaction, a commit and a page per conversation however few messages it holds;
+/// at a steady rate the writer otherwise stores batches of a few dozen back to back, and those
+/// fixed costs take a core. A flush, or the pipeline closing, ends the wait.
+async fn linger(
+    rx: &mut mpsc::Receiver<Command>,
+    jobs: &mut Vec<ChatJob>,
+    flushes: &mut Vec<oneshot::Sender<()>>,
+    until: usize,
+    deadline: tokio::time::Instant,
+) {
+    while jobs.len() < until && flushes.is_empty() {
+        let cmd = match rx.try_recv() {
+            Ok(cmd) => cmd,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(cmd)) => cmd,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+        };
+        match cmd {
+            Command::Chat(job) => jobs.push(job),
+            Command::Flush(done) => flushes.push(done),
+        }
+    }
+}
+
 fn ack_of(m: &message::Model) -> ChatAck {
     ChatAck {
         message_id: m.id,
@@ -469,5 +529,80 @@ fn clone_error(e: &ServiceError) -> ServiceError {
         ServiceError::Unavailable(m) => ServiceError::Unavailable(m.clone()),
         ServiceError::Internal(id) => ServiceError::Internal(id.clone()),
         other => ServiceError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: i64) -> ChatJob {
+        ChatJob {
+            sender: 1,
+            sender_name: "a".into(),
+            target: Target::User(2),
+            msg: format!("m{n}"),
+            txnid: None,
+            origin: 1,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// Sends already queued fill the batch up to the mark and no further, without waiting.
+    #[tokio::test]
+    async fn lingering_takes_what_is_queued_up_to_the_mark() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for n in 0..5 {
+            tx.send(Command::Chat(job(n))).await.unwrap();
+        }
+        let (mut jobs, mut flushes) = (vec![job(-1)], Vec::new());
+        linger(&mut rx, &mut jobs, &mut flushes, 4, far()).await;
+        let texts: Vec<&str> = jobs.iter().map(|j| j.msg.as_str()).collect();
+        assert_eq!(texts, ["m-1", "m0", "m1", "m2"]);
+        assert!(matches!(rx.try_recv(), Ok(Command::Chat(j)) if j.msg == "m3"));
+    }
+
+    /// A send that arrives while the writer waits joins the batch.
+    #[tokio::test]
+    async fn a_send_arriving_while_lingering_joins_the_batch() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let late = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send(Command::Chat(job(7))).await.unwrap();
+            tx
+        });
+        let (mut jobs, mut flushes) = (vec![job(0)], Vec::new());
+        linger(&mut rx, &mut jobs, &mut flushes, 2, far()).await;
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[1].msg, "m7");
+        drop(late.await);
+    }
+
+    /// A flush ends the wait (everything before it must be stored promptly), and so do a
+    /// deadline already past and a closed pipeline.
+    #[tokio::test]
+    async fn a_flush_a_past_deadline_or_a_closed_queue_ends_the_wait() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.send(Command::Chat(job(1))).await.unwrap();
+        tx.send(Command::Flush(oneshot::channel().0)).await.unwrap();
+        tx.send(Command::Chat(job(2))).await.unwrap();
+        let (mut jobs, mut flushes) = (Vec::new(), Vec::new());
+        linger(&mut rx, &mut jobs, &mut flushes, 100, far()).await;
+        assert_eq!((jobs.len(), flushes.len()), (1, 1));
+
+        let (mut jobs, mut flushes) = (Vec::new(), Vec::new());
+        let past = tokio::time::Instant::now() - Duration::from_millis(1);
+        linger(&mut rx, &mut jobs, &mut flushes, 100, past).await;
+        assert_eq!(jobs.len(), 1, "what is queued is still taken");
+        linger(&mut rx, &mut jobs, &mut flushes, 100, past).await;
+        assert_eq!(jobs.len(), 1, "then no wait");
+
+        drop(tx);
+        linger(&mut rx, &mut jobs, &mut flushes, 100, far()).await;
+        assert_eq!(jobs.len(), 1);
     }
 }
