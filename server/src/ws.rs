@@ -119,8 +119,8 @@ impl Connection {
                 biased;
                 _ = &mut shutting_down => Err(End::Close(CLOSE_GOING_AWAY, "server shutting down")),
                 _ = ping.tick() => self.ping().await,
-                Some(reply) = self.replies.next(), if !self.replies.is_empty() => self.write_replies(reply).await,
-                Some(push) = self.push_rx.recv() => self.write_pushes(push).await,
+                Some(reply) = self.replies.next(), if !self.replies.is_empty() => self.write_burst(Out::Reply(reply)).await,
+                Some(push) = self.push_rx.recv() => self.write_burst(Out::Push(push)).await,
                 incoming = self.socket.next(), if self.replies.len() < MAX_IN_FLIGHT => {
                     self.heard = true;
                     match incoming {
@@ -256,7 +256,7 @@ impl Connection {
             other => {
                 // Everything before this request takes effect first.
                 while let Some(reply) = self.replies.next().await {
-                    self.write_replies(reply).await?;
+                    self.write_burst(Out::Reply(reply)).await?;
                 }
                 if matches!(other, Request::Logout) {
                     self.fresh_push_queue();
@@ -294,38 +294,25 @@ impl Connection {
         self.push_rx = rx;
     }
 
-    /// Writes `first` and every other reply already finished, then flushes.
-    async fn write_replies(&mut self, first: String) -> Result<(), End> {
-        let mut counted = OutCount::of(&first);
-        let mut written = self.feed(socket::text_frames(first)).await;
+    /// Writes `first`, then every reply already finished and every push already queued (up
+    /// to a burst; replies first), then flushes once: an ack and a push ready at the same time
+    /// (a batch's outcome reaches senders and recipients together) leave in one write.
+    async fn write_burst(&mut self, first: Out) -> Result<(), End> {
+        let mut counted = OutCount::of(first.text());
+        let mut written = self.feed(first.into_frames()).await;
         for _ in 1..WRITE_BURST {
             if written.is_err() {
                 break;
             }
-            let Some(next) = self.replies.try_next() else {
-                break;
+            let next = match self.replies.try_next() {
+                Some(reply) => Out::Reply(reply),
+                None => match self.push_rx.try_recv() {
+                    Ok(push) => Out::Push(push),
+                    Err(_) => break,
+                },
             };
-            counted.add(&next);
-            written = self.feed(socket::text_frames(next)).await;
-        }
-        counted.flush();
-        written?;
-        guarded(&self.overflow, self.idle, self.socket.flush()).await
-    }
-
-    /// Writes `first` and every other push already queued, then flushes.
-    async fn write_pushes(&mut self, first: Arc<str>) -> Result<(), End> {
-        let mut counted = OutCount::of(&first);
-        let mut written = self.feed(socket::shared_text_frames(first)).await;
-        for _ in 1..WRITE_BURST {
-            if written.is_err() {
-                break;
-            }
-            let Ok(next) = self.push_rx.try_recv() else {
-                break;
-            };
-            counted.add(&next);
-            written = self.feed(socket::shared_text_frames(next)).await;
+            counted.add(next.text());
+            written = self.feed(next.into_frames()).await;
         }
         counted.flush();
         written?;
@@ -338,6 +325,30 @@ impl Connection {
             guarded(&self.overflow, self.idle, self.socket.feed(frame)).await?;
         }
         Ok(())
+    }
+}
+
+/// A message on its way out.
+enum Out {
+    /// A reply to one of the connection's requests.
+    Reply(String),
+    /// A push, shared by every connection it goes to.
+    Push(Arc<str>),
+}
+
+impl Out {
+    fn text(&self) -> &str {
+        match self {
+            Out::Reply(text) => text,
+            Out::Push(text) => text,
+        }
+    }
+
+    fn into_frames(self) -> socket::TextFrames {
+        match self {
+            Out::Reply(text) => socket::text_frames(text),
+            Out::Push(text) => socket::shared_text_frames(text),
+        }
     }
 }
 
