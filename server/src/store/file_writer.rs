@@ -12,12 +12,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use rusqlite::{Connection, ToSql, TransactionBehavior};
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Query, SqliteQueryBuilder, Value};
+use sea_orm::sea_query::{Query, SqliteQueryBuilder, Value};
 use sea_orm::{DatabaseBackend, DbErr};
 use tokio::sync::oneshot;
 
 use super::entities::conversation;
-use super::messages::{INSERT_CHUNK, insert_text};
+use super::messages::{INSERT_CHUNK, insert_text, reserve_seqs};
 use super::{SqliteTuning, WAL_CHECKPOINT_PAGES};
 use crate::error::StoreError;
 use crate::priority;
@@ -137,23 +137,10 @@ fn gone(why: &str) -> StoreError {
     StoreError::Unavailable(DbErr::Custom(why.into()))
 }
 
-/// The UPDATE that adds each conversation's count to its `last_seq`, returning the new
-/// ones, and its values (conversation ids and counts).
+/// The seq reservation of `convs` (conversation ids and counts), returning each new last seq,
+/// and its values.
 fn reserve_statement(convs: &[(i64, usize)]) -> (String, Vec<Value>) {
-    let mut counts = CaseStatement::new();
-    for &(conv, count) in convs {
-        counts = counts.case(
-            Expr::col(conversation::Column::Id).eq(conv),
-            Expr::val(count as i64),
-        );
-    }
-    let (sql, values) = Query::update()
-        .table(conversation::Entity)
-        .value(
-            conversation::Column::LastSeq,
-            Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
-        )
-        .and_where(Expr::col(conversation::Column::Id).is_in(convs.iter().map(|&(c, _)| c)))
+    let (sql, values) = reserve_seqs(convs.iter().copied())
         .returning(
             Query::returning().columns([conversation::Column::Id, conversation::Column::LastSeq]),
         )

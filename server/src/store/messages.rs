@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{
-    CaseStatement, Expr, ExprTrait, Func, OnConflict, Query, SelectStatement,
+    CaseStatement, Expr, ExprTrait, Func, OnConflict, Query, SelectStatement, UpdateStatement,
 };
 use sea_orm::{
     ColumnTrait, Condition, DatabaseBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -259,24 +259,10 @@ impl Store {
         out: &mut [Option<Written>],
     ) -> Result<(), StoreError> {
         let mut txn = BatchTxn::begin(&self.db).await?;
-        // Reserve the seqs of every conversation of the batch in one statement (rows are
-        // locked in key order, so concurrent batches of two replicas wait rather than
-        // deadlock); the first statement is a write, which takes SQLite's lock up front.
-        let mut counts = CaseStatement::new();
-        for (conv, idx) in per_conv {
-            counts = counts.case(
-                conversation::Column::Id.eq(*conv),
-                Expr::val(idx.len() as i64),
-            );
-        }
-        let reserve = conversation::Entity::update_many()
-            .col_expr(
-                conversation::Column::LastSeq,
-                Expr::col(conversation::Column::LastSeq).add(counts.finally(Expr::val(0i64))),
-            )
-            .filter(conversation::Column::Id.is_in(per_conv.keys().copied()))
-            .into_query();
-        let lasts = txn.reserve(reserve, per_conv.keys().copied()).await?;
+        let counts = per_conv.iter().map(|(&conv, idx)| (conv, idx.len()));
+        let lasts = txn
+            .reserve(reserve_seqs(counts), per_conv.keys().copied())
+            .await?;
         // (conv, seq, message) in insertion order, and the index of each in `items`.
         let mut rows = Vec::with_capacity(items.len());
         let mut at = Vec::with_capacity(items.len());
@@ -432,7 +418,7 @@ impl Store {
     /// built by sea-query once per number of rows and kept: building the statement with each
     /// batch's values (sea-orm models, then sea-query) cost the writer more CPU than SQLite
     /// spent running it.
-    pub(super) fn insert_sql(&self, rows: usize) -> Arc<str> {
+    fn insert_sql(&self, rows: usize) -> Arc<str> {
         let cached = self.inserts.lock().ok().and_then(|t| t.get(&rows).cloned());
         if let Some(sql) = cached {
             return sql;
@@ -637,6 +623,30 @@ fn unread_messages(uid: i64, groups: &[i64]) -> SelectStatement {
     );
     convs.and_where(Expr::col((message::Entity, message::Column::Sender)).ne(uid));
     convs
+}
+
+/// The UPDATE that reserves the seqs of a batch: adds each `(conversation, count)`'s count to
+/// that conversation's `last_seq`, in one statement. Its rows are locked in key order, so the
+/// concurrent batches of two replicas wait rather than deadlock; it is the batch's first
+/// statement, a write, which takes SQLite's lock up front.
+pub(super) fn reserve_seqs(counts: impl Iterator<Item = (i64, usize)>) -> UpdateStatement {
+    let mut convs = Vec::new();
+    let mut case = CaseStatement::new();
+    for (conv, count) in counts {
+        case = case.case(
+            Expr::col(conversation::Column::Id).eq(conv),
+            Expr::val(count as i64),
+        );
+        convs.push(conv);
+    }
+    Query::update()
+        .table(conversation::Entity)
+        .value(
+            conversation::Column::LastSeq,
+            Expr::col(conversation::Column::LastSeq).add(case.finally(Expr::val(0i64))),
+        )
+        .and_where(Expr::col(conversation::Column::Id).is_in(convs))
+        .to_owned()
 }
 
 /// The text of an INSERT of `rows` messages ([`MESSAGE_COLUMNS`], one parameter each) for
