@@ -220,6 +220,54 @@ mod tests {
         store.close().await;
     }
 
+    /// A database file's WAL is copied back by the writer between batches, not only past the
+    /// automatic checkpoint's mark inside a commit: the file itself grows soon after a batch
+    /// that stays far below that mark.
+    #[tokio::test]
+    async fn the_writer_checkpoints_the_wal_while_idle() {
+        let path = std::env::temp_dir().join(format!(
+            "chat-checkpoint-{}-{}.db",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let store = Store::connect(&url, 2, SqliteTuning::default())
+            .await
+            .unwrap();
+        let conv = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
+        let text = "x".repeat(1000);
+        let batch: Vec<_> = (0..500)
+            .map(|_| messages::NewMessage {
+                sender: 1,
+                conv,
+                toid: Some(2),
+                groupid: None,
+                msg: &text,
+                txnid: None,
+            })
+            .collect();
+        // Past the writer's pacing of its checkpoints since it started.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let before = std::fs::metadata(&path).unwrap().len();
+        // ~500 KB of messages: ~130 pages, far below WAL_CHECKPOINT_PAGES.
+        store.write_batch(&batch, 5).await.unwrap();
+        let mut grown = false;
+        for _ in 0..200 {
+            if std::fs::metadata(&path).unwrap().len() >= before + 400_000 {
+                grown = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // A second batch wakes the writer, which checkpoints first if it has not yet.
+            store.write_batch(&batch[..1], 6).await.unwrap();
+        }
+        assert!(grown, "the database file never grew past {before} bytes");
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
     /// A database file gets a writer thread with a connection of its own, besides the pool;
     /// what the writer stores is read through the pool. An in-memory database, which another
     /// connection would not share, writes through its one pool.
