@@ -113,9 +113,6 @@ impl Delivery {
             store,
             batch_max,
             linger,
-            // Filled to an eighth of the largest batch, a batch's fixed cost (a transaction, a
-            // commit, a page per conversation) is already spread thin.
-            linger_until: (batch_max / 8).max(1),
             stored: stored_tx,
         };
         let publisher = Publisher { bus, node };
@@ -155,8 +152,6 @@ struct Writer {
     batch_max: usize,
     /// Longest wait for more sends after the first of a batch (see [`Writer::linger`]).
     linger: Duration,
-    /// Sends after which the writer stops lingering.
-    linger_until: usize,
     stored: mpsc::Sender<Stored>,
 }
 
@@ -189,7 +184,9 @@ impl Writer {
                     &mut rx,
                     &mut jobs,
                     &mut flushes,
-                    self.linger_until,
+                    // Filled to an eighth of the largest batch, a batch's fixed cost (a
+                    // transaction, a commit, a page per conversation) is already spread thin.
+                    (self.batch_max / 8).max(1),
                     deadline,
                 )
                 .await;

@@ -25,8 +25,6 @@ use crate::priority;
 /// One message of a batch, owned: it crosses to the writer's thread.
 #[derive(Debug)]
 pub(super) struct Row {
-    /// Conversation id.
-    pub conv: i64,
     /// Sender.
     pub sender: i64,
     /// Recipient of a 1:1 message.
@@ -229,7 +227,7 @@ fn write(
             reserved.insert(conv, row.get::<_, i64>(1).map_err(classify)?);
         }
     }
-    // (seq, row) of every row to insert, and each conversation's new last seq.
+    // (conv, seq, row) of every row to insert, and each conversation's new last seq.
     let mut placed = Vec::with_capacity(rows.len());
     let mut lasts = Vec::with_capacity(convs.len());
     let mut at = 0;
@@ -238,7 +236,11 @@ fn write(
         lasts.push(last);
         if let Some(last) = last {
             let first = last - count as i64 + 1;
-            placed.extend((first..).zip(&rows[at..at + count]));
+            placed.extend(
+                (first..)
+                    .zip(&rows[at..at + count])
+                    .map(|(seq, row)| (conv, seq, row)),
+            );
         }
         at += count;
     }
@@ -248,9 +250,9 @@ fn write(
             .prepare_cached(texts.of(chunk.len()))
             .map_err(classify)?;
         let mut index = 1;
-        for &(seq, row) in chunk {
+        for &(conv, seq, row) in chunk {
             let values: [&dyn ToSql; 8] = [
-                &row.conv,
+                &conv,
                 &seq,
                 &row.sender,
                 &row.toid,

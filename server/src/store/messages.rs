@@ -323,7 +323,6 @@ impl Store {
             batch.rows.extend(idx.iter().map(|&i| {
                 let m = &items[i];
                 Row {
-                    conv,
                     sender: m.sender,
                     toid: m.toid,
                     groupid: m.groupid,
@@ -700,35 +699,20 @@ mod tests {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
     use super::*;
-    use crate::store::SqliteTuning;
+    use crate::store::{SqliteTuning, TempDatabase};
 
     /// The two ways a SQLite store writes batches: an in-memory database (through sea-orm)
-    /// and a database file (through its writer thread), with the file to remove afterwards.
-    async fn sqlite_stores() -> Vec<(Store, Option<std::path::PathBuf>)> {
+    /// and a database file (through its writer thread, the file removed with its guard).
+    async fn sqlite_stores() -> Vec<(Store, Option<TempDatabase>)> {
         let memory = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
             .await
             .expect("an in-memory database");
-        let path = std::env::temp_dir().join(format!(
-            "chat-batch-{}-{}.db",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let file = Store::connect(&url, 2, SqliteTuning::default())
+        let temp = TempDatabase::new("chat-batch");
+        let file = Store::connect(&temp.url(), 2, SqliteTuning::default())
             .await
             .expect("a database file");
         assert!(file.file_writer.is_some());
-        vec![(memory, None), (file, Some(path))]
-    }
-
-    /// Closes `store` and removes its file.
-    async fn close(store: Store, path: Option<std::path::PathBuf>) {
-        store.close().await;
-        if let Some(path) = path {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-        }
+        vec![(memory, None), (file, Some(temp))]
     }
 
     /// The plan SQLite picks for the one-query backlog: a bad join order would scan every
@@ -769,9 +753,9 @@ mod tests {
     /// every message gets the id of its own row and contiguous seqs.
     #[tokio::test]
     async fn a_batch_gives_each_message_its_own_row_id_and_seq() {
-        for (store, path) in sqlite_stores().await {
+        for (store, _file) in sqlite_stores().await {
             batch_ids_and_seqs(&store).await;
-            close(store, path).await;
+            store.close().await;
         }
     }
 
@@ -836,9 +820,9 @@ mod tests {
     /// pipeline retries those), and rolls back: nothing stored, no seq reserved.
     #[tokio::test]
     async fn a_batch_breaking_a_unique_key_is_a_duplicate_and_stores_nothing() {
-        for (store, path) in sqlite_stores().await {
+        for (store, _file) in sqlite_stores().await {
             a_clash_stores_nothing(&store).await;
-            close(store, path).await;
+            store.close().await;
         }
     }
 

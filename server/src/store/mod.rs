@@ -186,6 +186,44 @@ fn in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
+/// A fresh SQLite database file for a test, removed (with its WAL) when dropped.
+#[cfg(test)]
+pub(crate) struct TempDatabase {
+    path: std::path::PathBuf,
+}
+
+#[cfg(test)]
+impl TempDatabase {
+    /// A path in the temporary directory no other test uses.
+    pub(crate) fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}.db",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        TempDatabase { path }
+    }
+
+    /// Its `sqlite://` URL, created on first connect.
+    pub(crate) fn url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.path.display())
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,13 +263,9 @@ mod tests {
     /// that stays far below that mark.
     #[tokio::test]
     async fn the_writer_checkpoints_the_wal_while_idle() {
-        let path = std::env::temp_dir().join(format!(
-            "chat-checkpoint-{}-{}.db",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let store = Store::connect(&url, 2, SqliteTuning::default())
+        let file = TempDatabase::new("chat-checkpoint");
+        let path = file.path();
+        let store = Store::connect(&file.url(), 2, SqliteTuning::default())
             .await
             .unwrap();
         let conv = store.pair_conversation(1, 2, true).await.unwrap().unwrap();
@@ -248,12 +282,12 @@ mod tests {
             .collect();
         // Past the writer's pacing of its checkpoints since it started.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let before = std::fs::metadata(&path).unwrap().len();
+        let before = std::fs::metadata(path).unwrap().len();
         // ~500 KB of messages: ~130 pages, far below WAL_CHECKPOINT_PAGES.
         store.write_batch(&batch, 5).await.unwrap();
         let mut grown = false;
         for _ in 0..200 {
-            if std::fs::metadata(&path).unwrap().len() >= before + 400_000 {
+            if std::fs::metadata(path).unwrap().len() >= before + 400_000 {
                 grown = true;
                 break;
             }
@@ -263,9 +297,6 @@ mod tests {
         }
         assert!(grown, "the database file never grew past {before} bytes");
         store.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 
     /// A database file gets a writer thread with a connection of its own, besides the pool;
@@ -273,13 +304,8 @@ mod tests {
     /// connection would not share, writes through its one pool.
     #[tokio::test]
     async fn a_database_file_writes_batches_on_a_connection_of_its_own() {
-        let path = std::env::temp_dir().join(format!(
-            "chat-writer-{}-{}.db",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let store = Store::connect(&url, 4, SqliteTuning::default())
+        let file = TempDatabase::new("chat-writer");
+        let store = Store::connect(&file.url(), 4, SqliteTuning::default())
             .await
             .unwrap();
         assert!(store.file_writer.is_some());
@@ -307,9 +333,6 @@ mod tests {
         assert_eq!(page.0.len(), 1);
         assert_eq!(page.0[0].msg, "hello");
         store.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
 
         let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
             .await
