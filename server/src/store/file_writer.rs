@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, ToSql, TransactionBehavior};
 use sea_orm::sea_query::{Query, SqliteQueryBuilder, Value};
 use sea_orm::{DatabaseBackend, DbErr};
 use tokio::sync::oneshot;
 
+use super::checkpointer;
 use super::entities::conversation;
 use super::messages::{INSERT_CHUNK, insert_text, reserve_seqs};
 use super::{SqliteTuning, WAL_CHECKPOINT_PAGES};
@@ -73,24 +74,6 @@ pub(super) struct FileWriter {
     jobs: mpsc::Sender<Job>,
 }
 
-/// How often, at most, the writer copies the WAL back into the database file while it has no
-/// batch to write.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Copies the WAL back (a passive checkpoint) between batches. SQLite's automatic checkpoint
-/// (every `WAL_CHECKPOINT_PAGES`) runs inside the commit that crosses the mark: at 50,000
-/// messages a second one batch in a hundred took ~10 ms longer, and every send behind it
-/// waited. Done while the writer is idle, each copy is smaller and no batch holds it; the
-/// automatic one remains for a writer that is never idle. Being complete, it lets the next
-/// batch start the WAL over.
-fn checkpoint(conn: &Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        row.get::<_, i64>(0)
-    }) {
-        tracing::warn!("WAL checkpoint: {e}");
-    }
-}
-
 /// INSERT texts by number of rows (at most `INSERT_CHUNK` of them), made once each on the
 /// writer's thread.
 #[derive(Default)]
@@ -121,30 +104,18 @@ impl FileWriter {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
         // Full chunks, the remainders and the seq reservations of as many conversation counts.
         conn.set_prepared_statement_cache_capacity(128);
+        let checkpointer = checkpointer::start(path, synchronous)?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(format!("{}w", priority::SQLITE_THREAD_PREFIX))
             .spawn(move || {
+                // Ends with this thread, once every handle is dropped.
+                let _checkpointer = checkpointer;
                 if tuning.thread_nice != 0 {
                     super::prioritise_sqlite_threads(tuning.thread_nice);
                 }
                 let (mut conn, mut texts) = (conn, InsertTexts::default());
-                let mut checkpointed = Instant::now();
-                loop {
-                    let job = match rx.try_recv() {
-                        Ok(job) => job,
-                        Err(mpsc::TryRecvError::Empty) => {
-                            if checkpointed.elapsed() >= CHECKPOINT_EVERY {
-                                checkpoint(&conn);
-                                checkpointed = Instant::now();
-                            }
-                            match rx.recv() {
-                                Ok(job) => job,
-                                Err(_) => break,
-                            }
-                        }
-                        Err(mpsc::TryRecvError::Disconnected) => break,
-                    };
+                while let Ok(job) = rx.recv() {
                     let outcome = write(&mut conn, &mut texts, job.batch);
                     let _ = job.done.send(outcome);
                 }
