@@ -162,7 +162,11 @@ impl Replies {
 /// it (moved on from an earlier deadline when that one fires) and wakes `cx`. The timer is
 /// never later than `deadline`: it was made for an older send, and every send's deadline is
 /// its push time plus the same timeout.
-fn passed(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
+pub fn passed(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> bool {
     let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
     loop {
         if timer.as_mut().poll(cx).is_pending() {

@@ -889,6 +889,68 @@ async fn a_message_missed_during_a_redis_restart_reaches_the_legacy_user_without
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_send_answered_503_while_redis_is_away_is_resent_and_stored_once() {
+    let db = TestDb::create(Backend::Mysql).await;
+    let mut redis = Redis::start();
+    let a = start(db.url(), Some(redis.url()), "node-a", |_| {}).await;
+    let mut ann = a.legacy_user("ann").await;
+    let mut bob = a.ws_user("bob").await;
+    let bob_id = bob.id;
+    ann.chat(bob_id, "before").await;
+    assert_eq!(bob.next_push(6).await["msg"], "before");
+
+    // Stored but not published while Redis is away: the original client cannot resend, the
+    // server does, with the same txnid, until Redis is back.
+    redis.stop();
+    ann.chat(bob_id, "during").await;
+    let deadline = Instant::now() + PATIENCE;
+    while metric(a.port, "chat_legacy_resends_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the send is resent after its 503"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.spawn();
+
+    // Bob's replica is back on Redis once his sends succeed; ann then sees his reply.
+    let reply = json!({"msgid": 6, "toid": ann.id, "msg": "reply", "txnid": "reply-1"});
+    loop {
+        let ack = bob.request(reply.clone()).await;
+        if ack["errno"] == 0 {
+            break;
+        }
+        assert_eq!(ack["errno"], 503, "{ack}");
+        assert!(Instant::now() < deadline, "the replica reconnects to Redis");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ann.next_chat().await.msg, "reply");
+    let (seqs, _, messages) = bob.history(json!({"toid": ann.id})).await;
+    let texts: Vec<&str> = messages.iter().filter_map(|m| m["msg"].as_str()).collect();
+    assert_eq!(texts, ["before", "during", "reply"], "stored once each");
+    assert_eq!(seqs, [1, 2, 3]);
+    // The resent send ended acked: its seq counts as handed over, so the reply shown after it
+    // is read, and the next login offers nothing.
+    ann.logout().await;
+    let login = ann.login_ok(ann.id, &password_of("ann")).await;
+    assert!(login.offline.is_empty(), "nothing unread: {}", login.raw);
+
+    bob.close().await;
+    a.stop().await;
+    db.destroy().await;
+}
+
+/// The value of an unlabelled metric of the server on `port` (0 when absent).
+async fn metric(port: u16, name: &str) -> f64 {
+    let (_, _, body) = http_get(port, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_never_reached_the_legacy_users_replica_is_filled_in_from_history() {
     // Two replicas on one database but on different Redis servers: what replica b publishes
     // never reaches replica a, as if its push had been lost on the way.

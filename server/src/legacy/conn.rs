@@ -19,23 +19,20 @@
 //!   `recv` and would lose the second of two that arrive together.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::framing::{DropReason, Dropped, Framer, Item};
+use super::sends::{self, ChatSend, Resending, Sends, Sent};
 use super::shape;
 use super::tracker::{Arrival, ChatRef, Tracker};
 use crate::app::AppState;
@@ -66,15 +63,6 @@ const GAP_PAGES: usize = 1;
 /// How long the last read-cursor writes of a session may take when it ends.
 const CURSOR_FLUSH: Duration = Duration::from_secs(5);
 
-/// A pending chat send: resolves to its outcome.
-type Sending = Pin<Box<dyn Future<Output = Sent> + Send>>;
-
-/// The outcome of a chat send.
-struct Sent {
-    target: Target,
-    outcome: Result<ChatAck, ServiceError>,
-}
-
 /// Serves one accepted connection from `peer` until it closes.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, state: AppState) {
     let _gauge = Gauge::open();
@@ -94,7 +82,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, state: App
         writer,
         push_rx,
         overflow,
-        in_flight: FuturesOrdered::new(),
+        sends: Sends::new(state.config.request_time_limit()),
         login: None,
         next_write: Instant::now(),
         drops: 0,
@@ -131,7 +119,8 @@ struct Connection {
     handle: ConnHandle,
     push_rx: mpsc::Receiver<Arc<str>>,
     overflow: Arc<Overflow>,
-    in_flight: FuturesOrdered<Sending>,
+    /// Chat sends not yet acked, in request order.
+    sends: Sends,
     /// This connection's request rate.
     rate: RequestRate,
     /// Requests refused for rate in a row (reset by an accepted one).
@@ -178,15 +167,17 @@ impl Connection {
             if self.overflow.is_set() {
                 break End::TooSlow;
             }
+            let (state, session) = (&self.state, &self.session);
             let step = tokio::select! {
                 biased;
                 _ = super::stopping(&mut shutdown) => Err(End::Shutdown),
-                Some(sent) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                Some(sent) = self.sends.next(|send| resends(state, session, send)),
+                    if !self.sends.is_empty() => {
                     self.on_sent(sent);
                     Ok(())
                 }
                 Some(push) = self.push_rx.recv() => self.on_push(&push).await,
-                read = self.reader.read(&mut buf), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                read = self.reader.read(&mut buf), if self.sends.len() < MAX_IN_FLIGHT => {
                     match read {
                         Ok(0) | Err(_) => Err(End::Gone),
                         Ok(n) => self.on_bytes(&buf[..n]).await,
@@ -323,7 +314,12 @@ impl Connection {
             }
             other => {
                 // Everything before this request takes effect first.
-                while let Some(sent) = self.in_flight.next().await {
+                loop {
+                    let (state, session) = (&self.state, &self.session);
+                    let Some(sent) = self.sends.next(|send| resends(state, session, send)).await
+                    else {
+                        break;
+                    };
                     self.on_sent(sent);
                 }
                 match other {
@@ -366,16 +362,6 @@ impl Connection {
         }
     }
 
-    /// The session as background work needs it (its token stays with the connection).
-    fn session_copy(&self) -> Session {
-        Session {
-            conn: self.session.conn,
-            peer: self.session.peer,
-            user: self.session.user.clone(),
-            token_hash: None,
-        }
-    }
-
     fn user_id(&self) -> i64 {
         self.session.user.as_ref().map_or(0, |u| u.id)
     }
@@ -395,14 +381,7 @@ impl Connection {
         )
         .await
         {
-            Ok(rx) => {
-                let state = self.state.clone();
-                let session = self.session_copy();
-                self.in_flight.push_back(Box::pin(async move {
-                    let outcome = complete_send(state, session, target, msg, txnid, rx).await;
-                    Sent { target, outcome }
-                }));
-            }
+            Ok(ack) => self.sends.push(ChatSend { target, msg, txnid }, ack),
             Err(e) => tracing::info!(user = self.user_id(), "legacy chat refused: {e}"),
         }
     }
@@ -434,7 +413,7 @@ impl Connection {
         let Some(me) = self.session.user.clone() else {
             return Ok(());
         };
-        let session = self.session_copy();
+        let session = background_session(&self.session);
         self.login = Some(LoggedIn {
             tracker: Tracker::new(me.id),
             cursors: Cursors::start(self.state.clone(), session, self.handle.clone()),
@@ -672,42 +651,59 @@ impl Connection {
     }
 }
 
-/// Waits for a chat send's outcome, resending with the same txnid after a 503 (the message may
-/// be stored but not published; the resend completes it, never duplicates it).
-async fn complete_send(
+/// The session as background work needs it (its token stays with the connection).
+fn background_session(session: &Session) -> Session {
+    Session {
+        conn: session.conn,
+        peer: session.peer,
+        user: session.user.clone(),
+        token_hash: None,
+    }
+}
+
+/// The resends of a chat send answered 503, unless the server is stopping.
+fn resends(state: &AppState, session: &Session, send: &ChatSend) -> Option<Resending> {
+    if *state.shutdown.borrow() {
+        return None;
+    }
+    Some(Box::pin(resend(
+        state.clone(),
+        background_session(session),
+        send.clone(),
+    )))
+}
+
+/// Resends a chat send with the same txnid after a 503 (the message may be stored but not
+/// published; a resend completes it, never duplicates it), backing off, until it is answered
+/// otherwise or the attempts run out.
+async fn resend(
     state: AppState,
     session: Session,
-    target: Target,
-    msg: String,
-    txnid: String,
-    first: oneshot::Receiver<Result<ChatAck, ServiceError>>,
+    send: ChatSend,
 ) -> Result<ChatAck, ServiceError> {
-    let mut rx = first;
-    let mut attempt = 1;
+    let mut attempt = 2;
     loop {
-        let outcome = match tokio::time::timeout(state.config.request_time_limit(), rx).await {
+        tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
+        metrics::counter!("chat_legacy_resends_total").increment(1);
+        let ack = service::submit_chat(
+            &state,
+            &session,
+            send.target,
+            send.msg.clone(),
+            Some(send.txnid.clone()),
+        )
+        .await?;
+        let outcome = match tokio::time::timeout(state.config.request_time_limit(), ack).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(ServiceError::Unavailable(
-                "the message pipeline stopped".into(),
-            )),
-            Err(_) => Err(ServiceError::Unavailable(
-                "the message may not be stored yet".into(),
-            )),
+            Ok(Err(_)) => Err(sends::stopped()),
+            Err(_) => Err(sends::not_in_time()),
         };
-        let stopping = *state.shutdown.borrow();
         match outcome {
-            Err(ServiceError::Unavailable(reason)) if attempt < SEND_ATTEMPTS && !stopping => {
+            Err(ServiceError::Unavailable(reason))
+                if attempt < SEND_ATTEMPTS && !*state.shutdown.borrow() =>
+            {
                 tracing::debug!(attempt, "legacy chat resent after: {reason}");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 attempt += 1;
-                rx = service::submit_chat(
-                    &state,
-                    &session,
-                    target,
-                    msg.clone(),
-                    Some(txnid.clone()),
-                )
-                .await?;
             }
             other => return other,
         }

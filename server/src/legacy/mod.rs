@@ -10,10 +10,12 @@
 //!   `time` as `YYYY-MM-DD hh:mm:ss`), no replies where the original client reads none;
 //! - [`conn`]: the per-connection loop (the original client cannot de-duplicate or catch up, so
 //!   the server does it for it);
+//! - [`sends`]: a connection's chat sends in flight, resent after a 503;
 //! - [`tracker`]: what a session was handed, for de-duplication and gap detection.
 
 pub mod conn;
 pub mod framing;
+pub mod sends;
 pub mod shape;
 pub mod tracker;
 
