@@ -4,7 +4,9 @@
 //! serves every deadline: a first attempt costs no future of its own and no timer entry. A
 //! send answered 503 (stored but not published, the pipeline stopped, or no answer in time) is
 //! resent with the same txnid, since the original client cannot: only then is a future made,
-//! for the resends and their back-off.
+//! for the resends and their back-off. While the oldest send is being resent, every send
+//! behind it is polled too, so that an outage's failed sends are all resent at once rather
+//! than one after another.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -48,6 +50,8 @@ enum Wait {
     Ack { ack: AckReceiver, deadline: Instant },
     /// Its resends.
     Resending(Resending),
+    /// Nothing: it ended while an older send was being resent.
+    Ended(Result<ChatAck, ServiceError>),
 }
 
 struct InFlight {
@@ -125,14 +129,22 @@ impl Sends {
                 return Poll::Ready(None);
             };
             let outcome = match &mut front.wait {
+                Wait::Ended(_) => match self.queue.pop_front().map(|done| done.wait) {
+                    Some(Wait::Ended(outcome)) => outcome,
+                    _ => unreachable!("the front has ended"),
+                },
                 Wait::Resending(resends) => match resends.as_mut().poll(cx) {
                     Poll::Ready(outcome) => outcome,
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // While it is resent, the sends behind it may fail too (an outage
+                        // fails them all): theirs start now, not one after another.
+                        self.advance_the_rest(cx, resend);
+                        return Poll::Pending;
+                    }
                 },
                 Wait::Ack { ack, deadline } => {
                     let first = match Pin::new(ack).poll(cx) {
-                        Poll::Ready(Ok(answer)) => answer,
-                        Poll::Ready(Err(_)) => Err(stopped()),
+                        Poll::Ready(answer) => answer.unwrap_or_else(|_| Err(stopped())),
                         Poll::Pending => {
                             if !passed(&mut self.timer, *deadline, cx) {
                                 return Poll::Pending;
@@ -140,14 +152,13 @@ impl Sends {
                             Err(not_in_time())
                         }
                     };
-                    if let Err(ServiceError::Unavailable(reason)) = &first
-                        && let Some(resends) = resend(&front.send)
-                    {
-                        tracing::debug!("legacy chat resent after: {reason}");
-                        front.wait = Wait::Resending(resends);
-                        continue;
+                    match after_first(first, &front.send, resend) {
+                        Wait::Ended(outcome) => outcome,
+                        waiting => {
+                            front.wait = waiting;
+                            continue;
+                        }
                     }
-                    first
                 }
             };
             let done = self.queue.pop_front().expect("the front was just polled");
@@ -157,6 +168,51 @@ impl Sends {
             }));
         }
     }
+
+    /// Polls every send behind the front: answered first attempts end or start their
+    /// resends, resends run. (Their deadlines are watched once each is the oldest.)
+    fn advance_the_rest(
+        &mut self,
+        cx: &mut Context<'_>,
+        resend: &mut impl FnMut(&ChatSend) -> Option<Resending>,
+    ) {
+        for entry in self.queue.iter_mut().skip(1) {
+            loop {
+                match &mut entry.wait {
+                    Wait::Ended(_) => break,
+                    Wait::Ack { ack, .. } => match Pin::new(ack).poll(cx) {
+                        Poll::Ready(answer) => {
+                            let first = answer.unwrap_or_else(|_| Err(stopped()));
+                            entry.wait = after_first(first, &entry.send, resend);
+                        }
+                        Poll::Pending => break,
+                    },
+                    Wait::Resending(resends) => {
+                        if let Poll::Ready(outcome) = resends.as_mut().poll(cx) {
+                            entry.wait = Wait::Ended(outcome);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What follows a first attempt's answer: its resends after a 503 when `resend` gives them,
+/// else the end.
+fn after_first(
+    first: Result<ChatAck, ServiceError>,
+    send: &ChatSend,
+    resend: &mut impl FnMut(&ChatSend) -> Option<Resending>,
+) -> Wait {
+    if let Err(ServiceError::Unavailable(reason)) = &first
+        && let Some(resends) = resend(send)
+    {
+        tracing::debug!("legacy chat resent after: {reason}");
+        return Wait::Resending(resends);
+    }
+    Wait::Ended(first)
 }
 
 #[cfg(test)]
@@ -247,6 +303,54 @@ mod tests {
         drop(tx);
         let stopped = sends.next(|_| None).await.unwrap();
         assert_eq!(stopped.outcome.unwrap_err().errno(), 503);
+    }
+
+    #[tokio::test]
+    async fn sends_failing_behind_one_being_resent_are_resent_at_once_not_in_turn() {
+        let mut sends = Sends::new(Duration::from_secs(60));
+        let mut answers = Vec::new();
+        for n in 1..=3 {
+            let (tx, rx) = oneshot::channel();
+            sends.push(send(n), rx);
+            answers.push(tx);
+        }
+        for tx in answers {
+            tx.send(Err(ServiceError::Unavailable("not published".into())))
+                .unwrap();
+        }
+        // Each resend completes only when released; all three must have started while the
+        // first is still being resent.
+        let mut releases = Vec::new();
+        let mut started = Vec::new();
+        let mut resend = |s: &ChatSend| {
+            let (release, released) = oneshot::channel::<()>();
+            releases.push(release);
+            started.push(s.txnid.clone());
+            let Target::User(seq) = s.target else {
+                unreachable!("the sends here are 1:1")
+            };
+            Some(Box::pin(async move {
+                let _ = released.await;
+                ack(seq)
+            }) as Resending)
+        };
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), sends.next(&mut resend)).await;
+        assert!(waiting.is_err(), "no resend was released yet");
+        assert_eq!(started, ["t1", "t2", "t3"]);
+        // Released last to first: they still end in request order.
+        for release in releases.drain(..).rev() {
+            release.send(()).unwrap();
+        }
+        let seqs: Vec<i64> = [
+            sends.next(never).await.unwrap(),
+            sends.next(never).await.unwrap(),
+            sends.next(never).await.unwrap(),
+        ]
+        .into_iter()
+        .map(|sent| sent.outcome.unwrap().seq)
+        .collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 
     #[tokio::test]
