@@ -54,6 +54,7 @@ enum Wait {
     Ended(Result<ChatAck, ServiceError>),
 }
 
+/// A send in flight and what it waits for.
 struct InFlight {
     send: ChatSend,
     wait: Wait,
@@ -129,10 +130,7 @@ impl Sends {
                 return Poll::Ready(None);
             };
             let outcome = match &mut front.wait {
-                Wait::Ended(_) => match self.queue.pop_front().map(|done| done.wait) {
-                    Some(Wait::Ended(outcome)) => outcome,
-                    _ => unreachable!("the front has ended"),
-                },
+                Wait::Ended(outcome) => std::mem::replace(outcome, Err(stopped())),
                 Wait::Resending(resends) => match resends.as_mut().poll(cx) {
                     Poll::Ready(outcome) => outcome,
                     Poll::Pending => {
@@ -351,6 +349,53 @@ mod tests {
         .map(|sent| sent.outcome.unwrap().seq)
         .collect();
         assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_send_acked_while_an_older_one_is_resent_ends_after_it_with_its_own_ack() {
+        let mut sends = Sends::new(Duration::from_secs(60));
+        let (first_tx, first) = oneshot::channel();
+        let (second_tx, second) = oneshot::channel();
+        let (third_tx, third) = oneshot::channel();
+        sends.push(send(1), first);
+        sends.push(send(2), second);
+        sends.push(send(3), third);
+        first_tx
+            .send(Err(ServiceError::Unavailable("not published".into())))
+            .unwrap();
+        second_tx.send(ack(20)).unwrap();
+        let (release, released) = oneshot::channel::<()>();
+        let mut resend = Some(move |_: &ChatSend| {
+            Some(Box::pin(async move {
+                let _ = released.await;
+                ack(10)
+            }) as Resending)
+        });
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            sends.next(|s| resend.take().expect("one resend")(s)),
+        )
+        .await;
+        assert!(waiting.is_err(), "the first send is still being resent");
+        third_tx.send(ack(30)).unwrap();
+        release.send(()).unwrap();
+        let ended: Vec<(Target, i64)> = [
+            sends.next(never).await.unwrap(),
+            sends.next(never).await.unwrap(),
+            sends.next(never).await.unwrap(),
+        ]
+        .into_iter()
+        .map(|sent| (sent.target, sent.outcome.unwrap().seq))
+        .collect();
+        assert_eq!(
+            ended,
+            [
+                (Target::User(1), 10),
+                (Target::User(2), 20),
+                (Target::User(3), 30)
+            ]
+        );
+        assert!(sends.is_empty());
     }
 
     #[tokio::test]
