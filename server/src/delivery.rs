@@ -4,7 +4,7 @@
 //! senders. A send is never acked before its message is both stored and published. The two
 //! stages overlap: a batch is published while the next one is being stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::hub::ConnId;
 use crate::protocol::{self, Target};
 use crate::store::Store;
 use crate::store::entities::message;
-use crate::store::messages::{NewMessage, Written};
+use crate::store::messages::{NewMessage, Written, pair_key};
 
 /// One chat send, from an authenticated session.
 #[derive(Debug)]
@@ -59,6 +59,14 @@ struct Destination {
 
 /// (group, sender) → destination, or the errno that refuses it; valid for one batch.
 type Memberships = HashMap<(i64, i64), Result<Destination, i64>>;
+
+/// The 1:1 sends of one batch: which of their users exist, and each pair's conversation by
+/// `pair_key`.
+#[derive(Default)]
+struct Pairs {
+    users: HashSet<i64>,
+    conversations: HashMap<(i64, i64), i64>,
+}
 
 enum Command {
     Chat(ChatJob),
@@ -215,23 +223,11 @@ impl Writer {
         let mut outcomes: Vec<Option<Result<ChatAck, ServiceError>>> =
             Vec::with_capacity(jobs.len());
         let mut resolved = Vec::with_capacity(jobs.len());
-        // A failed lookup fails the batch's group sends only.
+        // A failed lookup fails the batch's group sends, or its 1:1 sends, only.
         let membership = self.memberships(&jobs).await.map_err(ServiceError::from);
-        // A batch holds many sends of the same pair: each pair is looked up once.
-        let mut pairs: HashMap<(i64, i64), Destination> = HashMap::new();
+        let pairs = self.pairs(&jobs).await.map_err(ServiceError::from);
         for job in &jobs {
-            let known = match job.target {
-                Target::User(to) => pairs.get(&(job.sender, to)).copied(),
-                Target::Group(_) => None,
-            };
-            let answer = match known {
-                Some(dest) => Ok(dest),
-                None => self.resolve(job, &membership).await,
-            };
-            if let (Target::User(to), Ok(dest)) = (job.target, &answer) {
-                pairs.insert((job.sender, to), *dest);
-            }
-            match answer {
+            match resolve(job, &membership, &pairs) {
                 Ok(dest) => {
                     outcomes.push(None);
                     resolved.push(Some(dest));
@@ -323,36 +319,36 @@ impl Writer {
             .collect())
     }
 
-    /// The conversation, recipient and group of a send, or why it cannot be sent.
-    async fn resolve(
-        &self,
-        job: &ChatJob,
-        membership: &Result<Memberships, ServiceError>,
-    ) -> Result<Destination, ServiceError> {
-        match job.target {
-            Target::User(to) => {
-                if self.store.user_name(to).await?.is_none() {
-                    return Err(ServiceError::NotFound(format!("no user with id {to}")));
-                }
-                let conv = self
-                    .store
-                    .pair_conversation(job.sender, to, true)
-                    .await?
-                    .ok_or_else(|| ServiceError::internal("pair conversation", &"not created"))?;
-                Ok(Destination {
-                    conv,
-                    toid: Some(to),
-                    groupid: None,
-                })
-            }
-            Target::Group(g) => membership
-                .as_ref()
-                .map_err(clone_error)?
-                .get(&(g, job.sender))
-                .copied()
-                .unwrap_or(Err(404))
-                .map_err(group_error),
+    /// The users and conversations of every 1:1 send of a batch: one query for the users'
+    /// names and one for the pairs' conversations (creating those missing), for the whole
+    /// batch and only for what the store has not cached, not a few per send.
+    async fn pairs(&self, jobs: &[ChatJob]) -> Result<Pairs, StoreError> {
+        // A batch holds many sends of the same pair: each pair is looked up once.
+        let mut sends: Vec<(i64, i64)> = jobs
+            .iter()
+            .filter_map(|job| match job.target {
+                Target::User(to) => Some(pair_key(job.sender, to)),
+                Target::Group(_) => None,
+            })
+            .collect();
+        if sends.is_empty() {
+            return Ok(Pairs::default());
         }
+        sends.sort_unstable();
+        sends.dedup();
+        let mut users: Vec<i64> = sends.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
+        users.sort_unstable();
+        users.dedup();
+        let users: HashSet<i64> = self.store.user_names(&users).await?.into_keys().collect();
+        let known: Vec<(i64, i64)> = sends
+            .into_iter()
+            .filter(|(lo, hi)| users.contains(lo) && users.contains(hi))
+            .collect();
+        let conversations = self.store.pair_conversations(&known, true).await?;
+        Ok(Pairs {
+            users,
+            conversations,
+        })
     }
 
     /// Writes a batch, retrying transient conflicts.
@@ -471,6 +467,39 @@ impl Publisher {
             }
         }
         outcomes
+    }
+}
+
+/// The conversation, recipient and group of a send, or why it cannot be sent.
+fn resolve(
+    job: &ChatJob,
+    membership: &Result<Memberships, ServiceError>,
+    pairs: &Result<Pairs, ServiceError>,
+) -> Result<Destination, ServiceError> {
+    match job.target {
+        Target::User(to) => {
+            let pairs = pairs.as_ref().map_err(clone_error)?;
+            if !pairs.users.contains(&to) {
+                return Err(ServiceError::NotFound(format!("no user with id {to}")));
+            }
+            let conv = pairs
+                .conversations
+                .get(&pair_key(job.sender, to))
+                .copied()
+                .ok_or_else(|| ServiceError::internal("pair conversation", &"not created"))?;
+            Ok(Destination {
+                conv,
+                toid: Some(to),
+                groupid: None,
+            })
+        }
+        Target::Group(g) => membership
+            .as_ref()
+            .map_err(clone_error)?
+            .get(&(g, job.sender))
+            .copied()
+            .unwrap_or(Err(404))
+            .map_err(group_error),
     }
 }
 

@@ -76,6 +76,9 @@ pub fn pair_key(a: i64, b: i64) -> (i64, i64) {
     if a <= b { (a, b) } else { (b, a) }
 }
 
+/// 1:1 pairs read or created in one statement.
+const PAIRS_PER_QUERY: usize = 500;
+
 impl Store {
     /// The conversation id of the 1:1 pair, created on first use when `create`.
     pub async fn pair_conversation(
@@ -84,46 +87,102 @@ impl Store {
         b: i64,
         create: bool,
     ) -> Result<Option<i64>, StoreError> {
-        let (lo, hi) = pair_key(a, b);
-        if let Some(id) = self
-            .pairs
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&(lo, hi)).copied())
-        {
-            return Ok(Some(id));
+        let found = self.pair_conversations(&[(a, b)], create).await?;
+        Ok(found.get(&pair_key(a, b)).copied())
+    }
+
+    /// The conversation ids of many 1:1 pairs, by `pair_key`, those missing created when
+    /// `create`: the pairs not cached yet are read in one query (and created in one statement)
+    /// per 500, not one at a time — after a start, a batch of sends between many pairs waited
+    /// ~0.5 ms a pair for its lookups.
+    pub async fn pair_conversations(
+        &self,
+        pairs: &[(i64, i64)],
+        create: bool,
+    ) -> Result<HashMap<(i64, i64), i64>, StoreError> {
+        let mut found = HashMap::with_capacity(pairs.len());
+        let mut missing = Vec::new();
+        if let Ok(cached) = self.pairs.lock() {
+            for &(a, b) in pairs {
+                let key = pair_key(a, b);
+                match cached.get(&key) {
+                    Some(&id) => {
+                        found.insert(key, id);
+                    }
+                    None => missing.push(key),
+                }
+            }
         }
-        let find = || {
-            conversation::Entity::find()
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        self.read_pairs(&missing, &mut found).await?;
+        if create {
+            missing.retain(|key| !found.contains_key(key));
+            for chunk in missing.chunks(PAIRS_PER_QUERY) {
+                let rows = chunk.iter().map(|&(lo, hi)| conversation::ActiveModel {
+                    id: NotSet,
+                    user_lo: Set(Some(lo)),
+                    user_hi: Set(Some(hi)),
+                    groupid: Set(None),
+                    last_seq: Set(0),
+                });
+                // Another replica may create the same pair meanwhile: read back either way.
+                conversation::Entity::insert_many(rows)
+                    .on_conflict(
+                        OnConflict::columns([
+                            conversation::Column::UserLo,
+                            conversation::Column::UserHi,
+                        ])
+                        .do_nothing_on([conversation::Column::UserLo])
+                        .to_owned(),
+                    )
+                    .exec_without_returning(&self.db)
+                    .await?;
+            }
+            self.read_pairs(&missing, &mut found).await?;
+        }
+        Ok(found)
+    }
+
+    /// Reads the conversations of `keys` (`pair_key`s) that exist into `found` and the cache.
+    async fn read_pairs(
+        &self,
+        keys: &[(i64, i64)],
+        found: &mut HashMap<(i64, i64), i64>,
+    ) -> Result<(), StoreError> {
+        for chunk in keys.chunks(PAIRS_PER_QUERY) {
+            let mut any = Condition::any();
+            for &(lo, hi) in chunk {
+                any = any.add(
+                    Condition::all()
+                        .add(conversation::Column::UserLo.eq(lo))
+                        .add(conversation::Column::UserHi.eq(hi)),
+                );
+            }
+            let rows: Vec<(i64, Option<i64>, Option<i64>)> = conversation::Entity::find()
                 .select_only()
                 .column(conversation::Column::Id)
-                .filter(conversation::Column::UserLo.eq(lo))
-                .filter(conversation::Column::UserHi.eq(hi))
-                .into_tuple::<i64>()
-                .one(&self.db)
-        };
-        let mut id = find().await?;
-        if id.is_none() && create {
-            conversation::Entity::insert(conversation::ActiveModel {
-                id: NotSet,
-                user_lo: Set(Some(lo)),
-                user_hi: Set(Some(hi)),
-                groupid: Set(None),
-                last_seq: Set(0),
-            })
-            .on_conflict(
-                OnConflict::columns([conversation::Column::UserLo, conversation::Column::UserHi])
-                    .do_nothing_on([conversation::Column::UserLo])
-                    .to_owned(),
-            )
-            .exec_without_returning(&self.db)
-            .await?;
-            id = find().await?;
+                .column(conversation::Column::UserLo)
+                .column(conversation::Column::UserHi)
+                .filter(any)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            let mut cached = self.pairs.lock().ok();
+            for (id, lo, hi) in rows {
+                let (Some(lo), Some(hi)) = (lo, hi) else {
+                    continue;
+                };
+                found.insert((lo, hi), id);
+                if let Some(cached) = cached.as_mut() {
+                    cached.insert((lo, hi), id);
+                }
+            }
         }
-        if let (Some(id), Ok(mut pairs)) = (id, self.pairs.lock()) {
-            pairs.insert((lo, hi), id);
-        }
-        Ok(id)
+        Ok(())
     }
 
     /// The conversation of a group, if the group exists.
@@ -814,6 +873,43 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, vec![4, 1], "the second is t-1, stored the first time");
+    }
+
+    /// Many pairs' conversations in one call: those that exist are found whatever the order of
+    /// each pair, by a store whose cache has never seen them; the missing ones are created
+    /// only when asked, once each.
+    #[tokio::test]
+    async fn pairs_are_found_and_created_together_by_pair_key() {
+        let file = TempDatabase::new("chat-pairs");
+        let first = Store::connect(&file.url(), 2, SqliteTuning::default())
+            .await
+            .unwrap();
+        let a = first.pair_conversation(1, 2, true).await.unwrap().unwrap();
+        let b = first.pair_conversation(3, 1, true).await.unwrap().unwrap();
+        first.close().await;
+
+        let store = Store::connect(&file.url(), 2, SqliteTuning::default())
+            .await
+            .unwrap();
+        let asked = [(2, 1), (1, 3), (5, 4), (2, 1)];
+        let found = store.pair_conversations(&asked, false).await.unwrap();
+        assert_eq!(found, HashMap::from([((1, 2), a), ((1, 3), b)]));
+        let made = store.pair_conversations(&asked, true).await.unwrap();
+        assert_eq!(made.len(), 3);
+        assert_eq!((made[&(1, 2)], made[&(1, 3)]), (a, b));
+        let new = made[&(4, 5)];
+        assert!(new != a && new != b);
+        assert_eq!(
+            store.pair_conversation(4, 5, false).await.unwrap(),
+            Some(new)
+        );
+        let count = conversation::Entity::find()
+            .all(&store.db)
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(count, 3, "each pair once");
+        store.close().await;
     }
 
     /// A batch whose rows break a unique key fails as a duplicate, as through sea-orm (the
