@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::checkpointer;
 use super::entities::conversation;
-use super::messages::{INSERT_CHUNK, insert_text, reserve_seqs};
+use super::messages::{INSERT_CHUNK, InsertTexts, insert_sql, reserve_seqs};
 use super::{SqliteTuning, WAL_CHECKPOINT_PAGES};
 use crate::error::StoreError;
 use crate::priority;
@@ -74,23 +74,14 @@ pub(super) struct FileWriter {
     jobs: mpsc::Sender<Job>,
 }
 
-/// INSERT texts by number of rows (at most `INSERT_CHUNK` of them), made once each on the
-/// writer's thread.
-#[derive(Default)]
-struct InsertTexts(HashMap<usize, String>);
-
-impl InsertTexts {
-    fn of(&mut self, rows: usize) -> &str {
-        self.0
-            .entry(rows)
-            .or_insert_with(|| insert_text(DatabaseBackend::Sqlite, rows))
-    }
-}
-
 impl FileWriter {
     /// Opens the writing connection to the database file at `path` (already created and
-    /// migrated by the pool) on a thread of its own.
-    pub(super) fn open(path: &Path, tuning: SqliteTuning) -> anyhow::Result<Self> {
+    /// migrated by the pool) on a thread of its own, taking its INSERT texts from `texts`.
+    pub(super) fn open(
+        path: &Path,
+        tuning: SqliteTuning,
+        texts: InsertTexts,
+    ) -> anyhow::Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "wal")?;
@@ -114,9 +105,9 @@ impl FileWriter {
                 if tuning.thread_nice != 0 {
                     super::prioritise_sqlite_threads(tuning.thread_nice);
                 }
-                let (mut conn, mut texts) = (conn, InsertTexts::default());
+                let mut conn = conn;
                 while let Ok(job) = rx.recv() {
-                    let outcome = write(&mut conn, &mut texts, job.batch);
+                    let outcome = write(&mut conn, &texts, job.batch);
                     let _ = job.done.send(outcome);
                 }
             })?;
@@ -172,11 +163,7 @@ fn bind(
 /// first statement writes, so the write lock is taken up front), inserts the rows of the
 /// conversations that exist in multi-row INSERTs, commits. Any error rolls the whole batch
 /// back.
-fn write(
-    conn: &mut Connection,
-    texts: &mut InsertTexts,
-    batch: Batch,
-) -> Result<Outcome, StoreError> {
+fn write(conn: &mut Connection, texts: &InsertTexts, batch: Batch) -> Result<Outcome, StoreError> {
     let Batch {
         convs,
         rows,
@@ -218,7 +205,7 @@ fn write(
     let mut ids = Vec::with_capacity(placed.len());
     for chunk in placed.chunks(INSERT_CHUNK) {
         let mut insert = txn
-            .prepare_cached(texts.of(chunk.len()))
+            .prepare_cached(&insert_sql(texts, DatabaseBackend::Sqlite, chunk.len()))
             .map_err(classify)?;
         let mut index = 1;
         for &(conv, seq, row) in chunk {

@@ -8,12 +8,12 @@ use std::sync::{Arc, OnceLock};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, TransactionTrait,
 };
 
-use super::Store;
 use super::entities::{allgroup, conversation, groupuser, message, read_cursor};
+use super::{Store, any_pair};
 use crate::error::StoreError;
 use crate::protocol::GroupTemplate;
 
@@ -138,14 +138,11 @@ impl Store {
     ) -> Result<HashSet<(i64, i64)>, StoreError> {
         let mut found = HashSet::with_capacity(pairs.len());
         for chunk in pairs.chunks(200) {
-            let mut any = Condition::any();
-            for &(gid, uid) in chunk {
-                any = any.add(
-                    Condition::all()
-                        .add(groupuser::Column::Groupid.eq(gid))
-                        .add(groupuser::Column::Userid.eq(uid)),
-                );
-            }
+            let any = any_pair(
+                groupuser::Column::Groupid,
+                groupuser::Column::Userid,
+                chunk.iter().copied(),
+            );
             let rows: Vec<(i64, i64)> = groupuser::Entity::find()
                 .select_only()
                 .column(groupuser::Column::Groupid)

@@ -2,7 +2,7 @@
 //! the unread backlog of the login reply.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{
@@ -13,10 +13,10 @@ use sea_orm::{
     QuerySelect, QueryTrait,
 };
 
-use super::Store;
 use super::batch::BatchTxn;
 use super::entities::{conversation, message, read_cursor};
 use super::file_writer::{Batch, FileWriter, Outcome, Row};
+use super::{Store, any_pair};
 use crate::error::StoreError;
 use crate::protocol::HistoryPage;
 
@@ -26,8 +26,9 @@ pub const UNREAD_PER_CONVERSATION: u64 = 200;
 /// Rows per INSERT statement of a batch (8 parameters each, well under every database's limit).
 pub(super) const INSERT_CHUNK: usize = 400;
 
-/// INSERT texts kept (by number of rows): full chunks and the most frequent remainders.
-const INSERT_TEXTS: usize = 64;
+/// Number of rows → text of the multi-row message INSERT, made once each and shared by the
+/// store and a database file's writer thread (every count is at most `INSERT_CHUNK`).
+pub(super) type InsertTexts = Arc<Mutex<HashMap<usize, Arc<str>>>>;
 
 /// The columns a batch writes, in the order of each row's values (the id is the database's).
 pub(super) const MESSAGE_COLUMNS: [message::Column; 8] = [
@@ -154,14 +155,11 @@ impl Store {
         found: &mut HashMap<(i64, i64), i64>,
     ) -> Result<(), StoreError> {
         for chunk in keys.chunks(PAIRS_PER_QUERY) {
-            let mut any = Condition::any();
-            for &(lo, hi) in chunk {
-                any = any.add(
-                    Condition::all()
-                        .add(conversation::Column::UserLo.eq(lo))
-                        .add(conversation::Column::UserHi.eq(hi)),
-                );
-            }
+            let any = any_pair(
+                conversation::Column::UserLo,
+                conversation::Column::UserHi,
+                chunk.iter().copied(),
+            );
             let rows: Vec<(i64, Option<i64>, Option<i64>)> = conversation::Entity::find()
                 .select_only()
                 .column(conversation::Column::Id)
@@ -241,14 +239,11 @@ impl Store {
             .filter_map(|m| m.txnid.map(|t| (m.sender, t)))
             .collect();
         if !with_txn.is_empty() {
-            let mut cond = Condition::any();
-            for (sender, txnid) in &with_txn {
-                cond = cond.add(
-                    Condition::all()
-                        .add(message::Column::Sender.eq(*sender))
-                        .add(message::Column::Txnid.eq(*txnid)),
-                );
-            }
+            let cond = any_pair(
+                message::Column::Sender,
+                message::Column::Txnid,
+                with_txn.iter().copied(),
+            );
             for m in message::Entity::find().filter(cond).all(&self.db).await? {
                 if let Some(t) = m.txnid.clone() {
                     earlier.insert((m.sender, t), m);
@@ -435,7 +430,9 @@ impl Store {
     ) -> Result<Vec<Option<i64>>, StoreError> {
         for chunk in rows.chunks(INSERT_CHUNK) {
             let n = chunk.len();
-            let inserted = txn.insert(&self.insert_sql(n), chunk, now_ms).await?;
+            let inserted = txn
+                .insert(&insert_sql(&self.inserts, self.backend(), n), chunk, now_ms)
+                .await?;
             if inserted != n as u64 {
                 return Err(StoreError::Other(DbErr::Custom(format!(
                     "inserted {inserted} of {n} messages"
@@ -470,24 +467,6 @@ impl Store {
             .iter()
             .map(|&(conv, seq, _)| found.get(&(conv, seq)).copied())
             .collect())
-    }
-
-    /// The text of an INSERT of `rows` messages ([`MESSAGE_COLUMNS`], one parameter each),
-    /// built by sea-query once per number of rows and kept: building the statement with each
-    /// batch's values (sea-orm models, then sea-query) cost the writer more CPU than SQLite
-    /// spent running it.
-    fn insert_sql(&self, rows: usize) -> Arc<str> {
-        let cached = self.inserts.lock().ok().and_then(|t| t.get(&rows).cloned());
-        if let Some(sql) = cached {
-            return sql;
-        }
-        let sql: Arc<str> = insert_text(self.backend(), rows).into();
-        if let Ok(mut texts) = self.inserts.lock()
-            && texts.len() < INSERT_TEXTS
-        {
-            texts.insert(rows, sql.clone());
-        }
-        sql
     }
 
     /// A page of a conversation, in ascending seq, and whether more exist beyond it.
@@ -732,6 +711,24 @@ pub(super) fn insert_text(backend: DatabaseBackend, rows: usize) -> String {
     }
 }
 
+/// The text of an INSERT of `rows` messages ([`MESSAGE_COLUMNS`], one parameter each),
+/// built by sea-query once per number of rows and kept in `texts`: building the statement
+/// with each batch's values (sea-orm models, then sea-query) cost the writer more CPU than
+/// SQLite spent running it.
+pub(super) fn insert_sql(texts: &InsertTexts, backend: DatabaseBackend, rows: usize) -> Arc<str> {
+    let cached = texts.lock().ok().and_then(|t| t.get(&rows).cloned());
+    if let Some(sql) = cached {
+        return sql;
+    }
+    let sql: Arc<str> = insert_text(backend, rows).into();
+    if let Ok(mut texts) = texts.lock()
+        && rows <= INSERT_CHUNK
+    {
+        texts.insert(rows, sql.clone());
+    }
+    sql
+}
+
 /// SQLite's `INSERT` of `sql` as `INSERT OR FAIL`: a constraint it breaks still fails it (and
 /// the writer rolls the batch back), but SQLite no longer keeps a statement journal for it. A
 /// multi-row statement that may abort (each NOT NULL or UNIQUE check of a plain INSERT may)
@@ -968,13 +965,17 @@ mod tests {
         let store = Store::connect("sqlite::memory:", 1, SqliteTuning::default())
             .await
             .expect("an in-memory database");
-        let sql = store.insert_sql(3);
+        let texts = &store.inserts;
+        let sql = insert_sql(texts, store.backend(), 3);
         assert_eq!(sql.matches('?').count(), 3 * MESSAGE_COLUMNS.len(), "{sql}");
         assert!(!sql.contains("NULL"), "{sql}");
         assert!(sql.starts_with("INSERT OR FAIL INTO \"message\""), "{sql}");
-        assert!(Arc::ptr_eq(&sql, &store.insert_sql(3)), "kept");
+        assert!(
+            Arc::ptr_eq(&sql, &insert_sql(texts, store.backend(), 3)),
+            "kept"
+        );
         assert_eq!(
-            store.insert_sql(1).matches('?').count(),
+            insert_sql(texts, store.backend(), 1).matches('?').count(),
             MESSAGE_COLUMNS.len()
         );
     }

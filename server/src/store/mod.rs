@@ -25,9 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::Value;
 use sea_orm::sqlx::Executor;
 use sea_orm::sqlx::sqlite::SqlitePoolOptions;
-use sea_orm::{ConnectOptions, Database, DatabaseBackend, DatabaseConnection};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectOptions, Database, DatabaseBackend, DatabaseConnection,
+};
 
 use crate::error::StoreError;
 use crate::priority::{self, PriorityError};
@@ -45,8 +48,9 @@ pub struct Store {
     names: Arc<Mutex<HashMap<i64, Arc<str>>>>,
     /// (smaller user id, larger user id) → conversation id.
     pairs: Arc<Mutex<HashMap<(i64, i64), i64>>>,
-    /// Number of rows → text of the multi-row message INSERT (`messages::insert_sql`).
-    inserts: Arc<Mutex<HashMap<usize, Arc<str>>>>,
+    /// Number of rows → text of the multi-row message INSERT (`messages::insert_sql`), shared
+    /// with the file writer's thread.
+    inserts: messages::InsertTexts,
 }
 
 /// Settings that apply to SQLite only.
@@ -65,6 +69,18 @@ pub struct SqliteTuning {
 /// (32 MiB at 4 KiB pages) copies each of them once per many batches instead of once per
 /// three or four.
 const WAL_CHECKPOINT_PAGES: u32 = 8000;
+
+/// `(a = x AND b = y) OR …` over `pairs`: the rows matching any of them, every value bound.
+fn any_pair<C, X, Y>(a: C, b: C, pairs: impl IntoIterator<Item = (X, Y)>) -> Condition
+where
+    C: ColumnTrait,
+    X: Into<Value>,
+    Y: Into<Value>,
+{
+    pairs.into_iter().fold(Condition::any(), |any, (x, y)| {
+        any.add(Condition::all().add(a.eq(x)).add(b.eq(y)))
+    })
+}
 
 /// Whether the store already logged that it may not set its threads' priority.
 static NICE_REFUSED: AtomicBool = AtomicBool::new(false);
@@ -143,7 +159,7 @@ impl Store {
         if store.backend() == DatabaseBackend::Sqlite && !in_memory(url) {
             let options = store.db.get_sqlite_connection_pool().connect_options();
             let path = options.get_filename().to_owned();
-            store.file_writer = Some(FileWriter::open(&path, sqlite)?);
+            store.file_writer = Some(FileWriter::open(&path, sqlite, store.inserts.clone())?);
         }
         Ok(store)
     }
