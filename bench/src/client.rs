@@ -18,6 +18,8 @@ use crate::net::{self, Sources, Target, Ws};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retries of a setup request answered 429 (rate limited) or 503 (try again).
 const RETRIES: u32 = 50;
+/// REG_MSG_ACK's errno for a name that is registered already.
+const NAME_TAKEN: i64 = 2;
 
 /// The clock's origin: the first use of it in this process.
 fn epoch() -> Instant {
@@ -138,27 +140,45 @@ impl Client {
     /// Sends `req` and returns its successful reply; 429 and 503 are retried after a pause,
     /// any other errno is an error.
     pub async fn call(&mut self, req: Value) -> anyhow::Result<Value> {
+        let reply = self.served(&req).await?;
+        match reply["errno"].as_i64() {
+            Some(0) => Ok(reply),
+            _ => bail!("{req} failed: {reply}"),
+        }
+    }
+
+    /// Sends `req` until it is answered with something other than 429 or 503 (retried after a
+    /// growing pause); that reply, whatever its errno.
+    async fn served(&mut self, req: &Value) -> anyhow::Result<Value> {
         let mut pause = Duration::from_millis(50);
         for _ in 0..RETRIES {
             let reply = self.request(req.clone()).await?;
             match reply["errno"].as_i64() {
-                Some(0) => return Ok(reply),
                 Some(429 | 503) => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
-                _ => bail!("{req} failed: {reply}"),
+                _ => return Ok(reply),
             }
         }
         bail!("{req}: still rate limited or unavailable after {RETRIES} tries")
     }
 
-    /// Registers `name` with the bench password; its user id.
+    /// Registers `name` with the bench password; its user id. A name taken already (errno 2:
+    /// an earlier run with the same `--prefix`) is logged in by name with the bench password
+    /// instead, so that a second run reuses the first one's users and their conversations.
     pub async fn register(&mut self, name: &str) -> anyhow::Result<i64> {
-        let reply = self
-            .call(json!({"msgid": 4, "name": name, "password": PASSWORD}))
-            .await?;
-        reply["id"].as_i64().context("REG_MSG_ACK without id")
+        let req = json!({"msgid": 4, "name": name, "password": PASSWORD});
+        let reply = self.served(&req).await?;
+        let reply = match reply["errno"].as_i64() {
+            Some(0) => reply,
+            Some(NAME_TAKEN) => self
+                .call(json!({"msgid": 1, "name": name, "password": PASSWORD}))
+                .await
+                .with_context(|| format!("{name} exists but is not a chat-bench user"))?,
+            _ => bail!("{req} failed: {reply}"),
+        };
+        reply["id"].as_i64().context("reply without id")
     }
 
     /// Logs in by id; the login reply.

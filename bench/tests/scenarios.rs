@@ -327,6 +327,22 @@ async fn a_tokens_file_lets_a_second_run_log_in_without_passwords() {
     server.stop().await;
 }
 
+/// A second chat run given the first one's `--prefix` finds its names taken and logs those
+/// users in by name instead of failing at registration: the same users and conversations,
+/// e.g. to measure a restarted server's first batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_chat_run_with_the_same_prefix_reuses_its_users() {
+    let server = TestServer::start().await;
+    let prefix = chat_bench::setup::unique_prefix();
+    let args = ["--prefix", &prefix, "chat", "--pairs", "2", "--window", "2"];
+    let first = bench(&server.url, &args).await;
+    assert_chat_clean(&first.result["server"]);
+    let second = bench(&server.url, &args).await;
+    assert_eq!(second.prefix, prefix);
+    assert_chat_clean(&second.result["server"]);
+    server.stop().await;
+}
+
 /// `connections --processes` runs copies of the real binary: each gets its share of the
 /// sockets and its own tokens file, so that a second run logs in by token only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
