@@ -101,14 +101,24 @@ impl FileWriter {
             .name(format!("{}w", priority::SQLITE_THREAD_PREFIX))
             .spawn(move || {
                 // Ends with this thread, once every handle is dropped.
-                let _checkpointer = checkpointer;
+                let checkpointer = checkpointer;
                 if tuning.thread_nice != 0 {
                     super::prioritise_sqlite_threads(tuning.thread_nice);
                 }
                 let mut conn = conn;
-                while let Ok(job) = rx.recv() {
+                let mut next = rx.recv().ok();
+                while let Some(job) = next {
                     let outcome = write(&mut conn, &texts, job.batch);
                     let _ = job.done.send(outcome);
+                    // No batch waiting: the checkpointer's cue to copy the WAL back now.
+                    next = match rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(mpsc::TryRecvError::Empty) => {
+                            checkpointer.writer_idle();
+                            rx.recv().ok()
+                        }
+                        Err(mpsc::TryRecvError::Disconnected) => None,
+                    };
                 }
             })?;
         Ok(FileWriter { jobs })
