@@ -27,7 +27,8 @@ use rusqlite::Connection;
 /// Longest time between two copies (while the writer is never idle, e.g. in a closed loop).
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-/// Shortest time between two copies begun when the writer goes idle.
+/// Shortest time from the end of a copy to the beginning of one begun when the writer goes
+/// idle.
 const IDLE_COPY_SPACING: Duration = Duration::from_millis(50);
 
 /// Name of the checkpointer's thread: not under `priority::SQLITE_THREAD_PREFIX`, so that it
@@ -62,15 +63,16 @@ fn start_every(path: &Path, synchronous: &str, every: Duration) -> anyhow::Resul
     std::thread::Builder::new()
         .name(THREAD_NAME.into())
         .spawn(move || {
-            let mut last = Instant::now();
+            // When the last copy ended (none yet: the first notice starts one).
+            let mut last: Option<Instant> = None;
             loop {
                 match idles.recv_timeout(every) {
-                    Ok(()) if last.elapsed() < IDLE_COPY_SPACING => continue,
+                    Ok(()) if last.is_some_and(|t| t.elapsed() < IDLE_COPY_SPACING) => continue,
                     Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
                 checkpoint(&conn);
-                last = Instant::now();
+                last = Some(Instant::now());
             }
         })?;
     Ok(Checkpointer { idle })
@@ -102,8 +104,6 @@ mod tests {
             .execute_batch("CREATE TABLE t (x BLOB); PRAGMA wal_autocheckpoint = 0;")
             .unwrap();
         let checkpointer = start_every(file.path(), "full", Duration::from_secs(3600)).unwrap();
-        // The first notice may come within the spacing of the thread's start.
-        std::thread::sleep(IDLE_COPY_SPACING);
         let before = std::fs::metadata(file.path()).unwrap().len();
         writer
             .execute("INSERT INTO t SELECT randomblob(400000)", [])
