@@ -286,18 +286,13 @@ impl Writer {
     /// Where every group send of a batch goes, or the errno that refuses it: two queries for
     /// the whole batch (memberships, then the groups' conversations), not two per send.
     async fn memberships(&self, jobs: &[ChatJob]) -> Result<Memberships, StoreError> {
-        let mut pairs: Vec<(i64, i64)> = jobs
-            .iter()
-            .filter_map(|job| match job.target {
-                Target::Group(g) => Some((g, job.sender)),
-                Target::User(_) => None,
-            })
-            .collect();
+        let pairs = distinct(jobs, |job| match job.target {
+            Target::Group(g) => Some((g, job.sender)),
+            Target::User(_) => None,
+        });
         if pairs.is_empty() {
             return Ok(Memberships::new());
         }
-        pairs.sort_unstable();
-        pairs.dedup();
         let members = self.store.memberships(&pairs).await?;
         let mut groups: Vec<i64> = pairs.iter().map(|&(g, _)| g).collect();
         groups.dedup();
@@ -324,18 +319,13 @@ impl Writer {
     /// batch and only for what the store has not cached, not a few per send.
     async fn pairs(&self, jobs: &[ChatJob]) -> Result<Pairs, StoreError> {
         // A batch holds many sends of the same pair: each pair is looked up once.
-        let mut sends: Vec<(i64, i64)> = jobs
-            .iter()
-            .filter_map(|job| match job.target {
-                Target::User(to) => Some(pair_key(job.sender, to)),
-                Target::Group(_) => None,
-            })
-            .collect();
+        let sends = distinct(jobs, |job| match job.target {
+            Target::User(to) => Some(pair_key(job.sender, to)),
+            Target::Group(_) => None,
+        });
         if sends.is_empty() {
             return Ok(Pairs::default());
         }
-        sends.sort_unstable();
-        sends.dedup();
         let mut users: Vec<i64> = sends.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
         users.sort_unstable();
         users.dedup();
@@ -468,6 +458,14 @@ impl Publisher {
         }
         outcomes
     }
+}
+
+/// The keys `key` gives the jobs of a batch, each once, in order.
+fn distinct<K: Ord>(jobs: &[ChatJob], key: impl Fn(&ChatJob) -> Option<K>) -> Vec<K> {
+    let mut keys: Vec<K> = jobs.iter().filter_map(key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// The conversation, recipient and group of a send, or why it cannot be sent.
