@@ -6,19 +6,18 @@
 //! Here each row's values are bound straight into SQLite's statement. The statements are
 //! sea-query's; every value is a bound parameter.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{LazyLock, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, ToSql, TransactionBehavior};
-use sea_orm::sea_query::{Query, SqliteQueryBuilder, Value};
+use sea_orm::sea_query::{Expr, ExprTrait, Query, SqliteQueryBuilder};
 use sea_orm::{DatabaseBackend, DbErr};
 use tokio::sync::oneshot;
 
 use super::checkpointer;
 use super::entities::conversation;
-use super::messages::{INSERT_CHUNK, InsertTexts, insert_sql, reserve_seqs};
+use super::messages::{InsertTexts, insert_chunks, insert_sql};
 use super::{SqliteTuning, WAL_CHECKPOINT_PAGES};
 use crate::error::StoreError;
 use crate::priority;
@@ -140,38 +139,27 @@ fn gone(why: &str) -> StoreError {
     StoreError::Unavailable(DbErr::Custom(why.into()))
 }
 
-/// The seq reservation of `convs` (conversation ids and counts), returning each new last seq,
-/// and its values.
-fn reserve_statement(convs: &[(i64, usize)]) -> (String, Vec<Value>) {
-    let (sql, values) = reserve_seqs(convs.iter().copied())
-        .returning(
-            Query::returning().columns([conversation::Column::Id, conversation::Column::LastSeq]),
+/// The seq reservation of one conversation: adds `?1` to its last seq and returns the new
+/// one (`?2`: the conversation's id). One text for every batch, prepared once: a statement
+/// reserving every conversation of a batch at once (one `CASE` branch per conversation) had a
+/// text per number of conversations, built by sea-query for each batch, too many to stay
+/// prepared, and its `CASE` compared each row with every branch.
+static RESERVE_ONE: LazyLock<String> = LazyLock::new(|| {
+    Query::update()
+        .table(conversation::Entity)
+        .value(
+            conversation::Column::LastSeq,
+            Expr::col(conversation::Column::LastSeq).add(0i64),
         )
-        .build(SqliteQueryBuilder);
-    (sql, values.0)
-}
+        .and_where(Expr::col(conversation::Column::Id).eq(0i64))
+        .returning(Query::returning().column(conversation::Column::LastSeq))
+        .build(SqliteQueryBuilder)
+        .0
+});
 
-/// A sea-query value bound into `statement` at `index` (the reservation's are integers).
-fn bind(
-    statement: &mut rusqlite::Statement<'_>,
-    index: usize,
-    value: &Value,
-) -> Result<(), StoreError> {
-    let n = match value {
-        Value::BigInt(Some(n)) => *n,
-        Value::Int(Some(n)) => i64::from(*n),
-        other => {
-            return Err(StoreError::Other(DbErr::Custom(format!(
-                "unexpected value in the seq reservation: {other:?}"
-            ))));
-        }
-    };
-    statement.raw_bind_parameter(index, n).map_err(classify)
-}
-
-/// Runs one batch: reserves the seqs of every conversation of the batch in one statement (the
-/// first statement writes, so the write lock is taken up front), inserts the rows of the
-/// conversations that exist in multi-row INSERTs, commits. Any error rolls the whole batch
+/// Runs one batch in a transaction that takes the write lock up front: reserves the seqs of
+/// each conversation of the batch ([`RESERVE_ONE`]), inserts the rows of the conversations
+/// that exist in multi-row INSERTs ([`insert_chunks`]), commits. Any error rolls the whole batch
 /// back.
 fn write(conn: &mut Connection, texts: &InsertTexts, batch: Batch) -> Result<Outcome, StoreError> {
     let Batch {
@@ -182,26 +170,27 @@ fn write(conn: &mut Connection, texts: &InsertTexts, batch: Batch) -> Result<Out
     let txn = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(classify)?;
-    let mut reserved = HashMap::with_capacity(convs.len());
+    // Each conversation's new last seq (`None`: it is gone), then (conv, seq, row) of every
+    // row to insert.
+    let mut lasts = Vec::with_capacity(convs.len());
     {
-        let (sql, values) = reserve_statement(&convs);
-        let mut reserve = txn.prepare_cached(&sql).map_err(classify)?;
-        for (i, value) in values.iter().enumerate() {
-            bind(&mut reserve, i + 1, value)?;
-        }
-        let mut returned = reserve.raw_query();
-        while let Some(row) = returned.next().map_err(classify)? {
-            let conv: i64 = row.get(0).map_err(classify)?;
-            reserved.insert(conv, row.get::<_, i64>(1).map_err(classify)?);
+        let mut reserve = txn.prepare_cached(&RESERVE_ONE).map_err(classify)?;
+        for &(conv, count) in &convs {
+            reserve
+                .raw_bind_parameter(1, count as i64)
+                .map_err(classify)?;
+            reserve.raw_bind_parameter(2, conv).map_err(classify)?;
+            let mut returned = reserve.raw_query();
+            let last = match returned.next().map_err(classify)? {
+                Some(row) => Some(row.get::<_, i64>(0).map_err(classify)?),
+                None => None,
+            };
+            lasts.push(last);
         }
     }
-    // (conv, seq, row) of every row to insert, and each conversation's new last seq.
     let mut placed = Vec::with_capacity(rows.len());
-    let mut lasts = Vec::with_capacity(convs.len());
     let mut at = 0;
-    for &(conv, count) in &convs {
-        let last = reserved.get(&conv).copied();
-        lasts.push(last);
+    for (&(conv, count), &last) in convs.iter().zip(&lasts) {
         if let Some(last) = last {
             let first = last - count as i64 + 1;
             placed.extend(
@@ -213,7 +202,7 @@ fn write(conn: &mut Connection, texts: &InsertTexts, batch: Batch) -> Result<Out
         at += count;
     }
     let mut ids = Vec::with_capacity(placed.len());
-    for chunk in placed.chunks(INSERT_CHUNK) {
+    for chunk in insert_chunks(&placed) {
         let mut insert = txn
             .prepare_cached(&insert_sql(texts, DatabaseBackend::Sqlite, chunk.len()))
             .map_err(classify)?;
