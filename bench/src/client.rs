@@ -78,10 +78,39 @@ impl<'a> Frame<'a> {
 /// Writes `s<sender>:<seq>:<micros>:` padded with dots to `size` bytes: who sent it, which one,
 /// and when it was due (open loop) or sent (closed loop).
 pub fn stamp(sender: u32, seq: u64, due_us: u64, size: usize) -> String {
-    let mut s = format!("s{sender}:{seq}:{due_us}:");
-    while s.len() < size {
-        s.push('.');
-    }
+    let mut s = String::with_capacity(size);
+    push_stamp(&mut s, sender, seq, due_us, size);
+    s
+}
+
+/// Appends the stamp of [`stamp`] to `out`.
+fn push_stamp(out: &mut String, sender: u32, seq: u64, due_us: u64, size: usize) {
+    use std::fmt::Write;
+    let start = out.len();
+    let _ = write!(out, "s{sender}:{seq}:{due_us}:");
+    let pad = size.saturating_sub(out.len() - start);
+    out.extend(std::iter::repeat_n('.', pad));
+}
+
+/// The text of a chat send (`msgid` 6 to user `to`, or 10 to group `to`) whose `msg` is a
+/// [`stamp`], built in one allocation: the hot loops send one per message.
+pub fn stamped_send(
+    group: bool,
+    reqid: i64,
+    to: i64,
+    stamp: (u32, u64, u64),
+    size: usize,
+) -> String {
+    use std::fmt::Write;
+    let (msgid, field) = if group { (10, "groupid") } else { (6, "toid") };
+    let mut s = String::with_capacity(size + 64);
+    let _ = write!(
+        s,
+        r#"{{"msgid":{msgid},"reqid":{reqid},"{field}":{to},"msg":""#
+    );
+    let (sender, seq, due_us) = stamp;
+    push_stamp(&mut s, sender, seq, due_us, size);
+    s.push_str("\"}");
     s
 }
 
@@ -213,6 +242,21 @@ mod tests {
         assert_eq!(s.len(), 64);
         assert_eq!(parse_stamp(&s), Some((12, 345, 6_789_012)));
         assert_eq!(parse_stamp("hello"), None);
+    }
+
+    #[test]
+    fn stamped_sends_are_the_protocol_s_chat_requests() {
+        let one: Value = serde_json::from_str(&stamped_send(false, 7, 42, (3, 4, 5), 64)).unwrap();
+        assert_eq!(one["msgid"], 6);
+        assert_eq!(one["reqid"], 7);
+        assert_eq!(one["toid"], 42);
+        assert_eq!(one["msg"].as_str(), Some(stamp(3, 4, 5, 64).as_str()));
+        let group: Value = serde_json::from_str(&stamped_send(true, 8, 9, (1, 2, 3), 16)).unwrap();
+        assert_eq!(
+            (group["msgid"].as_i64(), group["groupid"].as_i64()),
+            (Some(10), Some(9))
+        );
+        assert_eq!(parse_stamp(group["msg"].as_str().unwrap()), Some((1, 2, 3)));
     }
 
     #[test]

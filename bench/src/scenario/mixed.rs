@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::MixedArgs;
-use crate::client::{Frame, instant_at, now_us, parse_stamp, stamp};
+use crate::client::{Frame, instant_at, now_us, parse_stamp, stamped_send};
 use crate::histogram::{Histogram, Latency};
 use crate::net::{Ws, next_ready};
 use crate::procfs::CpuSplit;
@@ -370,23 +370,16 @@ async fn user(
             let kind = WEIGHTS.iter().position(|&w| roll < w).unwrap_or(0);
             let friend = role.friends[rand::random_range(0..role.friends.len())];
             let (frame, msg_seq, sent) = match kind {
-                0 => {
-                    let text = stamp(role.index, seq, due, size);
-                    (
-                        format!(r#"{{"msgid":6,"reqid":{reqid},"toid":{friend},"msg":"{text}"}}"#),
-                        Some(seq),
-                        Some(Sent::Chat(friend)),
-                    )
-                }
-                1 => {
-                    let text = stamp(role.index, seq, due, size);
-                    let g = role.group;
-                    (
-                        format!(r#"{{"msgid":10,"reqid":{reqid},"groupid":{g},"msg":"{text}"}}"#),
-                        Some(seq),
-                        Some(Sent::Group),
-                    )
-                }
+                0 => (
+                    stamped_send(false, reqid, friend, (role.index, seq, due), size),
+                    Some(seq),
+                    Some(Sent::Chat(friend)),
+                ),
+                1 => (
+                    stamped_send(true, reqid, role.group, (role.index, seq, due), size),
+                    Some(seq),
+                    Some(Sent::Group),
+                ),
                 2 => (
                     format!(r#"{{"msgid":17,"reqid":{reqid},"toid":{friend},"limit":20}}"#),
                     None,

@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Frame, instant_at, now_us, parse_stamp, stamp};
+use crate::client::{Frame, instant_at, now_us, parse_stamp, stamped_send};
 use crate::histogram::Histogram;
 use crate::net::{Ws, next_ready};
 use crate::progress::Progress;
@@ -150,16 +150,12 @@ pub async fn run(
                     }
                     Pace::Closed => now,
                 };
-                let text = stamp(plan.index, seq, due, plan.size);
-                let frame = match plan.dest {
-                    Some(Dest::User(to)) => {
-                        format!(r#"{{"msgid":6,"reqid":{reqid},"toid":{to},"msg":"{text}"}}"#)
-                    }
-                    Some(Dest::Group(g)) => {
-                        format!(r#"{{"msgid":10,"reqid":{reqid},"groupid":{g},"msg":"{text}"}}"#)
-                    }
+                let (group, to) = match plan.dest {
+                    Some(Dest::User(to)) => (false, to),
+                    Some(Dest::Group(g)) => (true, g),
                     None => break,
                 };
+                let frame = stamped_send(group, reqid, to, (plan.index, seq, due), plan.size);
                 if let Err(e) = ws.feed(Message::Text(frame.into())).await {
                     out.disconnected = Some(e.to_string());
                     break;
