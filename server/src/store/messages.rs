@@ -23,10 +23,15 @@ use crate::protocol::HistoryPage;
 /// Unread messages per conversation offered at login.
 pub const UNREAD_PER_CONVERSATION: u64 = 200;
 
-/// Most rows per INSERT statement of a batch (8 parameters each, well under every database's
-/// limit); a power of two (see [`insert_chunks`]).
-pub(super) const INSERT_CHUNK: usize = 256;
-const _: () = assert!(INSERT_CHUNK.is_power_of_two());
+/// Rows per INSERT statement of a batch written through sea-orm (8 parameters each, well under
+/// every database's limit): 400-row INSERTs and one for the rest, each a round trip to
+/// MariaDB or PostgreSQL, where fewer statements beat fewer statement texts (a SQLite file's
+/// writer thread cuts its batches with [`insert_chunks`] instead).
+pub(super) const INSERT_CHUNK: usize = 400;
+
+/// Largest INSERT of a SQLite file's writer thread: a power of two (see [`insert_chunks`]).
+const SHAPE_MAX: usize = 256;
+const _: () = assert!(SHAPE_MAX.is_power_of_two() && SHAPE_MAX <= INSERT_CHUNK);
 
 /// Number of rows → text of the multi-row message INSERT, made once each and shared by the
 /// store and a database file's writer thread (every count is at most `INSERT_CHUNK`).
@@ -420,8 +425,8 @@ impl Store {
     }
 
     /// Inserts `rows` (`(conv, seq, message)`: the seqs `first..=last` of each
-    /// `(conv, first, last)` of `ranges`, in that order) in multi-row INSERTs ([`insert_chunks`])
-    /// and returns the id of each row, in order (`None`: not found when read back): a
+    /// `(conv, first, last)` of `ranges`, in that order) in multi-row INSERTs of `INSERT_CHUNK`
+    /// rows and returns the id of each row, in order (`None`: not found when read back): a
     /// multi-row INSERT tells no ids, so they are read back.
     async fn insert_messages(
         &self,
@@ -430,7 +435,7 @@ impl Store {
         now_ms: i64,
         ranges: &[(i64, i64, i64)],
     ) -> Result<Vec<Option<i64>>, StoreError> {
-        for chunk in insert_chunks(rows) {
+        for chunk in rows.chunks(INSERT_CHUNK) {
             let n = chunk.len();
             let inserted = txn
                 .insert(&insert_sql(&self.inserts, self.backend(), n), chunk, now_ms)
@@ -731,16 +736,16 @@ pub(super) fn insert_sql(texts: &InsertTexts, backend: DatabaseBackend, rows: us
     sql
 }
 
-/// `rows` cut into the row lists of a batch's INSERTs: `INSERT_CHUNK` rows while that many
-/// remain, then the largest power of two that fits, so that every statement has one of nine
-/// shapes. Each connection caches its prepared statements by text; with a text for every count
-/// from 1 to `INSERT_CHUNK` (batch sizes vary from one batch to the next) the cache kept
+/// `rows` cut into the row lists of a SQLite file's batch INSERTs: `SHAPE_MAX` rows while that
+/// many remain, then the largest power of two that fits, so that every statement has one of
+/// nine shapes. The writer's connection caches its prepared statements by text; with a text for
+/// every count up to `INSERT_CHUNK` (batch sizes vary from one batch to the next) the cache kept
 /// missing, and SQLite parsed an INSERT of hundreds of parameters for most batches (9 % of the
-/// writer thread's time at 50,000 messages a second).
+/// writer thread's time at 50,000 messages a second). A statement there costs no round trip.
 pub(super) fn insert_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
     let mut rest = rows;
     std::iter::from_fn(move || {
-        let n = rest.len().min(INSERT_CHUNK);
+        let n = rest.len().min(SHAPE_MAX);
         if n == 0 {
             return None;
         }
@@ -792,16 +797,17 @@ mod tests {
         vec![(memory, None), (file, Some(temp))]
     }
 
-    /// A batch of any size is cut into INSERTs of nine shapes at most, in order, losing no row.
+    /// A SQLite file's batch of any size is cut into INSERTs of nine shapes at most, in order,
+    /// losing no row.
     #[test]
     fn a_batch_is_inserted_in_statements_of_few_shapes() {
         let mut shapes = std::collections::BTreeSet::new();
-        for n in 0..=3 * INSERT_CHUNK + 7 {
+        for n in 0..=3 * SHAPE_MAX + 7 {
             let rows: Vec<usize> = (0..n).collect();
             let chunks: Vec<&[usize]> = insert_chunks(&rows).collect();
             assert_eq!(chunks.concat(), rows, "{n} rows, in order");
             assert!(
-                chunks.len() <= n / INSERT_CHUNK + 8,
+                chunks.len() <= n / SHAPE_MAX + 8,
                 "{n} rows: {} INSERTs",
                 chunks.len()
             );
