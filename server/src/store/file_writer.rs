@@ -257,3 +257,35 @@ fn classify(e: rusqlite::Error) -> StoreError {
         _ => StoreError::Other(err),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reservation's parameters are bound by position: the count first, the conversation
+    /// second (sea-query writes the SET values before the WHERE ones), and it returns the new
+    /// last seq of that conversation alone.
+    #[test]
+    fn a_reservation_adds_its_count_to_its_conversation_only() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE conversation (id INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+             INSERT INTO conversation VALUES (3, 0), (7, 10);",
+        )
+        .unwrap();
+        let last: i64 = conn
+            .query_row(&RESERVE_ONE, (4i64, 7i64), |row| row.get(0))
+            .unwrap();
+        assert_eq!(last, 14);
+        let untouched: i64 = conn
+            .query_row(
+                "SELECT last_seq FROM conversation WHERE id = 3",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(untouched, 0);
+        let gone = conn.query_row(&RESERVE_ONE, (1i64, 99i64), |row| row.get::<_, i64>(0));
+        assert!(matches!(gone, Err(rusqlite::Error::QueryReturnedNoRows)));
+    }
+}
