@@ -75,15 +75,8 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// Writes `s<sender>:<seq>:<micros>:` padded with dots to `size` bytes: who sent it, which one,
-/// and when it was due (open loop) or sent (closed loop).
-pub fn stamp(sender: u32, seq: u64, due_us: u64, size: usize) -> String {
-    let mut s = String::with_capacity(size);
-    push_stamp(&mut s, sender, seq, due_us, size);
-    s
-}
-
-/// Appends the stamp of [`stamp`] to `out`.
+/// Appends `s<sender>:<seq>:<micros>:` padded with dots to `size` bytes to `out`: who sent it,
+/// which one, and when it was due (open loop) or sent (closed loop).
 fn push_stamp(out: &mut String, sender: u32, seq: u64, due_us: u64, size: usize) {
     use std::fmt::Write;
     let start = out.len();
@@ -93,7 +86,7 @@ fn push_stamp(out: &mut String, sender: u32, seq: u64, due_us: u64, size: usize)
 }
 
 /// The text of a chat send (`msgid` 6 to user `to`, or 10 to group `to`) whose `msg` is a
-/// [`stamp`], built in one allocation: the hot loops send one per message.
+/// stamp (`sender`, `seq`, micros; see `push_stamp`), built in one allocation: the hot loops send one per message.
 pub fn stamped_send(
     group: bool,
     reqid: i64,
@@ -114,7 +107,7 @@ pub fn stamped_send(
     s
 }
 
-/// Reads a stamp written by [`stamp`]: (sender, seq, micros).
+/// Reads a stamp written by `push_stamp`: (sender, seq, micros).
 pub fn parse_stamp(msg: &str) -> Option<(u32, u64, u64)> {
     let rest = msg.strip_prefix('s')?;
     let mut parts = rest.splitn(4, ':');
@@ -235,6 +228,13 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stamp alone.
+    fn stamp(sender: u32, seq: u64, due_us: u64, size: usize) -> String {
+        let mut s = String::new();
+        push_stamp(&mut s, sender, seq, due_us, size);
+        s
+    }
 
     #[test]
     fn stamps_round_trip_at_the_requested_size() {

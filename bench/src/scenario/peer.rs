@@ -1,7 +1,7 @@
 //! The hot loop of `chat` and `group`: one task per logged-in user, reading and writing its
 //! socket in a single `select!` loop.
 //!
-//! A sender writes stamped messages (see [`crate::client::stamp`]): open loop on a fixed
+//! A sender writes stamped messages (see [`crate::client::stamped_send`]): open loop on a fixed
 //! schedule (latency counts from the time a message was *due*, so a stalled server cannot hide
 //! its queueing: no coordinated omission), or closed loop keeping `window` unacked messages in
 //! flight. Replies come in request order, so in-flight sends are a queue matched by `reqid`.

@@ -26,12 +26,8 @@ pub const UNREAD_PER_CONVERSATION: u64 = 200;
 /// Rows per INSERT statement of a batch written through sea-orm (8 parameters each, well under
 /// every database's limit): 400-row INSERTs and one for the rest, each a round trip to
 /// MariaDB or PostgreSQL, where fewer statements beat fewer statement texts (a SQLite file's
-/// writer thread cuts its batches with [`insert_chunks`] instead).
+/// writer thread cuts its batches into fewer shapes instead: `file_writer::insert_chunks`).
 pub(super) const INSERT_CHUNK: usize = 400;
-
-/// Largest INSERT of a SQLite file's writer thread: a power of two (see [`insert_chunks`]).
-const SHAPE_MAX: usize = 256;
-const _: () = assert!(SHAPE_MAX.is_power_of_two() && SHAPE_MAX <= INSERT_CHUNK);
 
 /// Number of rows → text of the multi-row message INSERT, made once each and shared by the
 /// store and a database file's writer thread (every count is at most `INSERT_CHUNK`).
@@ -736,25 +732,6 @@ pub(super) fn insert_sql(texts: &InsertTexts, backend: DatabaseBackend, rows: us
     sql
 }
 
-/// `rows` cut into the row lists of a SQLite file's batch INSERTs: `SHAPE_MAX` rows while that
-/// many remain, then the largest power of two that fits, so that every statement has one of
-/// nine shapes. The writer's connection caches its prepared statements by text; with a text for
-/// every count up to `INSERT_CHUNK` (batch sizes vary from one batch to the next) the cache kept
-/// missing, and SQLite parsed an INSERT of hundreds of parameters for most batches (9 % of the
-/// writer thread's time at 50,000 messages a second). A statement there costs no round trip.
-pub(super) fn insert_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = rows;
-    std::iter::from_fn(move || {
-        let n = rest.len().min(SHAPE_MAX);
-        if n == 0 {
-            return None;
-        }
-        let (chunk, tail) = rest.split_at(1 << n.ilog2());
-        rest = tail;
-        Some(chunk)
-    })
-}
-
 /// SQLite's `INSERT` of `sql` as `INSERT OR FAIL`: a constraint it breaks still fails it (and
 /// the writer rolls the batch back), but SQLite no longer keeps a statement journal for it. A
 /// multi-row statement that may abort (each NOT NULL or UNIQUE check of a plain INSERT may)
@@ -795,26 +772,6 @@ mod tests {
             .expect("a database file");
         assert!(file.file_writer.is_some());
         vec![(memory, None), (file, Some(temp))]
-    }
-
-    /// A SQLite file's batch of any size is cut into INSERTs of nine shapes at most, in order,
-    /// losing no row.
-    #[test]
-    fn a_batch_is_inserted_in_statements_of_few_shapes() {
-        let mut shapes = std::collections::BTreeSet::new();
-        for n in 0..=3 * SHAPE_MAX + 7 {
-            let rows: Vec<usize> = (0..n).collect();
-            let chunks: Vec<&[usize]> = insert_chunks(&rows).collect();
-            assert_eq!(chunks.concat(), rows, "{n} rows, in order");
-            assert!(
-                chunks.len() <= n / SHAPE_MAX + 8,
-                "{n} rows: {} INSERTs",
-                chunks.len()
-            );
-            shapes.extend(chunks.iter().map(|c| c.len()));
-        }
-        let shapes: Vec<usize> = shapes.into_iter().collect();
-        assert_eq!(shapes, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
     }
 
     /// The plan SQLite picks for the one-query backlog: a bad join order would scan every
