@@ -149,6 +149,10 @@ pub struct ChatArgs {
     /// starting one.
     #[arg(long)]
     pub baseline_url: Option<String>,
+    /// With a baseline: runs the server and the relay alternately this many times each and
+    /// gives the ratio of their medians (one pair of runs follows the machine's swings).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// `group`.

@@ -159,6 +159,83 @@ async fn chat_open_loop_reports_a_ratio_to_the_baseline_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_rounds_alternate_and_compare_the_medians() {
+    let server = TestServer::start().await;
+    let (listener, relay_url) = chat_bench::relay::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let relay = tokio::spawn(chat_bench::relay::serve(listener));
+    let report = bench(
+        &server.url,
+        &[
+            "chat",
+            "--pairs",
+            "2",
+            "--rate",
+            "200",
+            "--baseline-url",
+            &relay_url,
+            "--rounds",
+            "3",
+        ],
+    )
+    .await;
+    assert_eq!(report.params["rounds"], 3);
+    let rounds = report.result["rounds"]
+        .as_array()
+        .expect("one entry per round");
+    assert_eq!(rounds.len(), 3);
+    for round in rounds {
+        assert_chat_clean(&round["server"]);
+        assert_chat_clean(&round["baseline"]);
+        assert!(n(round, "ratio") > 0.0);
+    }
+    // The figures shown are those of the median runs, and the ratio is of the medians.
+    let mut servers: Vec<f64> = rounds
+        .iter()
+        .map(|r| n(r, "server.delivered_per_sec"))
+        .collect();
+    let mut relays: Vec<f64> = rounds
+        .iter()
+        .map(|r| n(r, "baseline.delivered_per_sec"))
+        .collect();
+    servers.sort_by(f64::total_cmp);
+    relays.sort_by(f64::total_cmp);
+    assert_eq!(n(&report.result, "server.delivered_per_sec"), servers[1]);
+    assert_eq!(n(&report.result, "baseline.delivered_per_sec"), relays[1]);
+    assert!((n(&report.result, "ratio") - servers[1] / relays[1]).abs() < 1e-9);
+    assert!(
+        report
+            .rows
+            .iter()
+            .any(|(k, _)| k == "server / baseline (medians)")
+    );
+    relay.abort();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_need_a_baseline() {
+    let server = TestServer::start().await;
+    let cli = Cli::parse_from([
+        "chat-bench",
+        "--quiet",
+        "--url",
+        &server.url,
+        "chat",
+        "--pairs",
+        "1",
+        "--rounds",
+        "2",
+    ]);
+    let err = chat_bench::run(&cli)
+        .await
+        .expect_err("rounds without a relay to alternate with");
+    assert!(format!("{err:#}").contains("--baseline"), "{err:#}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_fan_out_reaches_every_member() {
     let server = TestServer::start().await;
     let report = bench(

@@ -58,45 +58,89 @@ pub struct ChatResult {
     pub cpu: CpuSplit,
 }
 
-/// The `chat` scenario (and, with `--baseline`, the same against the relay).
+/// The `chat` scenario (and, with `--baseline`, the same against the relay; with `--rounds`,
+/// the two alternately, compared by their medians).
 pub async fn run(ctx: &Ctx, args: &ChatArgs) -> anyhow::Result<Outcome> {
-    let server = run_once(ctx, args, &[]).await?;
-    let mut rows = rows_of(&server, "");
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    anyhow::ensure!(
+        args.rounds == 1 || args.baseline || args.baseline_url.is_some(),
+        "--rounds alternates the server with the baseline relay: add --baseline"
+    );
+    let (mut child, relay) = if let Some(url) = &args.baseline_url {
+        (None, Some((Target::resolve(url).await?, Vec::new())))
+    } else if args.baseline {
+        let child = relay::spawn_child().await?;
+        let relay = (Target::resolve(&child.url).await?, vec![child.pid]);
+        (Some(child), Some(relay))
+    } else {
+        (None, None)
+    };
+    let measured = alternate(ctx, args, relay).await;
+    if let Some(child) = child.as_mut() {
+        child.stop().await;
+    }
+    let (servers, relays) = measured?;
+
+    let server = middle(&servers);
+    let mut rows = rows_of(server, "");
     let mut result = json!({ "server": server });
     let cpu = Some(server.cpu.clone());
-
-    let baseline = if let Some(url) = &args.baseline_url {
-        let target = Target::resolve(url).await?;
-        Some(run_once(&ctx.with_targets(vec![target], "r"), args, &[]).await?)
-    } else if args.baseline {
-        let mut child = relay::spawn_child().await?;
-        let target = Target::resolve(&child.url).await?;
-        let pid = child.pid;
-        let outcome = run_once(&ctx.with_targets(vec![target], "r"), args, &[pid]).await;
-        child.stop().await;
-        Some(outcome?)
-    } else {
-        None
-    };
-    if let Some(base) = baseline {
-        let ratio = if base.delivered_per_sec > 0.0 {
-            server.delivered_per_sec / base.delivered_per_sec
-        } else {
-            0.0
-        };
+    if !relays.is_empty() {
+        let base = middle(&relays);
+        let (s, b) = (median_rate(&servers), median_rate(&relays));
+        let ratio = if b > 0.0 { s / b } else { 0.0 };
         rows.push(("".into(), "".into()));
-        rows.extend(rows_of(&base, "baseline relay: "));
+        rows.extend(rows_of(base, "baseline relay: "));
+        if servers.len() > 1 {
+            rows.push((
+                "rounds: server / relay / ratio".into(),
+                servers
+                    .iter()
+                    .zip(&relays)
+                    .map(|(s, b)| {
+                        format!(
+                            "{} / {} / {:.0}%",
+                            thousands(s.delivered_per_sec),
+                            thousands(b.delivered_per_sec),
+                            ratio_of(s, b) * 100.0
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+            ));
+            rows.push((
+                "rounds: lost / duplicates (all)".into(),
+                format!(
+                    "server {} / {} · relay {} / {}",
+                    servers.iter().map(|r| r.lost).sum::<u64>(),
+                    servers.iter().map(|r| r.duplicates).sum::<u64>(),
+                    relays.iter().map(|r| r.lost).sum::<u64>(),
+                    relays.iter().map(|r| r.duplicates).sum::<u64>(),
+                ),
+            ));
+        }
         rows.push((
-            "server / baseline".into(),
+            if servers.len() > 1 {
+                "server / baseline (medians)".into()
+            } else {
+                "server / baseline".into()
+            },
             format!(
                 "{:.0}% ({} of {} msgs/s)",
                 ratio * 100.0,
-                thousands(server.delivered_per_sec),
-                thousands(base.delivered_per_sec)
+                thousands(s),
+                thousands(b)
             ),
         ));
         result["baseline"] = json!(base);
         result["ratio"] = json!(ratio);
+        if servers.len() > 1 {
+            result["rounds"] = servers
+                .iter()
+                .zip(&relays)
+                .map(|(s, b)| json!({ "server": s, "baseline": b, "ratio": ratio_of(s, b) }))
+                .collect();
+        }
     } else {
         rows.push((
             "server / baseline".into(),
@@ -106,6 +150,7 @@ pub async fn run(ctx: &Ctx, args: &ChatArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         params: json!({
             "pairs": args.pairs, "size": args.size, "rate": args.rate, "window": args.window,
+            "rounds": args.rounds,
             "mode": if args.rate > 0.0 { "open-loop" } else { "closed-loop" },
             "duration": ctx.common.duration, "warmup": ctx.common.warmup,
         }),
@@ -160,6 +205,59 @@ fn rows_of(r: &ChatResult, label: &str) -> Vec<(String, String)> {
         ));
     }
     rows
+}
+
+/// The server's runs and the relay's (none without a baseline), alternately: server first,
+/// then the relay, `--rounds` times; each run with users of its own.
+async fn alternate(
+    ctx: &Ctx,
+    args: &ChatArgs,
+    relay: Option<(Target, Vec<u32>)>,
+) -> anyhow::Result<(Vec<ChatResult>, Vec<ChatResult>)> {
+    let (mut servers, mut relays) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        // Round 0 keeps the names a run without rounds has (`--prefix` reuses them).
+        let suffix = if round == 0 {
+            String::new()
+        } else {
+            format!("s{round}")
+        };
+        servers.push(run_once(&ctx.with_targets(ctx.targets.clone(), &suffix), args, &[]).await?);
+        if let Some((target, pids)) = &relay {
+            let relay_ctx = ctx.with_targets(vec![target.clone()], &format!("r{suffix}"));
+            relays.push(run_once(&relay_ctx, args, pids).await?);
+        }
+    }
+    Ok((servers, relays))
+}
+
+/// The run of median throughput (of an even count, the lower of the two in the middle).
+fn middle(runs: &[ChatResult]) -> &ChatResult {
+    let mut order: Vec<&ChatResult> = runs.iter().collect();
+    order.sort_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec));
+    order[(order.len() - 1) / 2]
+}
+
+/// The median of the runs' delivered msgs/s (of an even count, the mean of the two in the
+/// middle).
+fn median_rate(runs: &[ChatResult]) -> f64 {
+    let mut rates: Vec<f64> = runs.iter().map(|r| r.delivered_per_sec).collect();
+    rates.sort_by(f64::total_cmp);
+    let n = rates.len();
+    if n % 2 == 1 {
+        rates[n / 2]
+    } else {
+        (rates[n / 2 - 1] + rates[n / 2]) / 2.0
+    }
+}
+
+/// The server's throughput as a share of the relay's.
+fn ratio_of(server: &ChatResult, relay: &ChatResult) -> f64 {
+    if relay.delivered_per_sec > 0.0 {
+        server.delivered_per_sec / relay.delivered_per_sec
+    } else {
+        0.0
+    }
 }
 
 /// One chat run against `ctx.targets`.
@@ -282,4 +380,29 @@ fn summarize(
     r.delivered_per_sec = delivered_w as f64 / timeline.seconds();
     r.acked_per_sec = acked_w as f64 / timeline.seconds();
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rate: f64) -> ChatResult {
+        ChatResult {
+            delivered_per_sec: rate,
+            ..ChatResult::default()
+        }
+    }
+
+    #[test]
+    fn rounds_are_compared_by_their_medians() {
+        let odd = [at(300.0), at(100.0), at(200.0)];
+        assert_eq!(median_rate(&odd), 200.0);
+        assert_eq!(middle(&odd).delivered_per_sec, 200.0);
+        let even = [at(400.0), at(100.0), at(300.0), at(200.0)];
+        assert_eq!(median_rate(&even), 250.0);
+        assert_eq!(middle(&even).delivered_per_sec, 200.0);
+        assert_eq!(median_rate(&[at(7.0)]), 7.0);
+        assert_eq!(ratio_of(&at(60.0), &at(100.0)), 0.6);
+        assert_eq!(ratio_of(&at(60.0), &at(0.0)), 0.0);
+    }
 }
