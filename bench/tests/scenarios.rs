@@ -128,13 +128,18 @@ async fn chat_closed_loop_loses_nothing() {
     server.stop().await;
 }
 
+/// The baseline relay in this process on a free port: its task and its URL.
+async fn start_relay() -> (JoinHandle<()>, String) {
+    let (listener, url) = chat_bench::relay::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (tokio::spawn(chat_bench::relay::serve(listener)), url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_open_loop_reports_a_ratio_to_the_baseline_relay() {
     let server = TestServer::start().await;
-    let (listener, relay_url) = chat_bench::relay::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let relay = tokio::spawn(chat_bench::relay::serve(listener));
+    let (relay, relay_url) = start_relay().await;
     let report = bench(
         &server.url,
         &[
@@ -161,10 +166,7 @@ async fn chat_open_loop_reports_a_ratio_to_the_baseline_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_rounds_alternate_and_compare_the_medians() {
     let server = TestServer::start().await;
-    let (listener, relay_url) = chat_bench::relay::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let relay = tokio::spawn(chat_bench::relay::serve(listener));
+    let (relay, relay_url) = start_relay().await;
     let report = bench(
         &server.url,
         &[
