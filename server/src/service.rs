@@ -62,6 +62,34 @@ impl Session {
     }
 }
 
+/// [`handle`] within `limit`: past it, the request is dropped and answered 503. A login cut
+/// short after it registered the connection (while it subscribed or read the backlog) is undone,
+/// so that the connection is logged out as its 503 says and the client may simply try again.
+pub async fn handle_within(
+    state: &AppState,
+    session: &mut Session,
+    conn: &ConnHandle,
+    request: Request,
+    limit: std::time::Duration,
+) -> Result<Payload, ServiceError> {
+    let logged_in = session.user.is_some();
+    // Boxed: the handlers' state (login is large) lives on the heap only while one runs,
+    // instead of in every idle connection's task.
+    let handled = Box::pin(handle(state, session, conn, request));
+    let outcome = tokio::time::timeout(limit, handled).await;
+    match outcome {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            if !logged_in && session.user.is_some() {
+                end_session(state, session, Departure::LoggedOut).await;
+            }
+            Err(ServiceError::Unavailable(
+                "the server is too slow right now".into(),
+            ))
+        }
+    }
+}
+
 /// Handles every request except chat sends (see [`submit_chat`]). `handle` is the connection's
 /// push queue, registered at login.
 pub async fn handle(
@@ -155,13 +183,15 @@ pub async fn end_session(state: &AppState, session: &mut Session, how: Departure
         return;
     };
     let change = state.hub.detach(user.id, session.conn);
-    if let Err(e) = state.bus.sync(&change.channels).await {
-        tracing::warn!(user = user.id, "unsubscribe at logout: {e}");
-    }
+    // Everything local before the one wait: a logout cut short there still announces the user
+    // and counts the session out.
     state
         .presence
         .disconnected(user.id, &user.name, change.first_or_last, how);
     metrics::gauge!("chat_logged_in_sessions").decrement(1.0);
+    if let Err(e) = state.bus.sync(&change.channels).await {
+        tracing::warn!(user = user.id, "unsubscribe at logout: {e}");
+    }
 }
 
 async fn login(

@@ -261,21 +261,14 @@ impl Connection {
                 if matches!(other, Request::Logout) {
                     self.fresh_push_queue();
                 }
-                // Boxed: the handlers' state (login is large) lives on the heap only while one
-                // runs, instead of in every idle connection's task.
-                let handled = Box::pin(service::handle(
+                let outcome = service::handle_within(
                     &self.state,
                     &mut self.session,
                     &self.handle,
                     other,
-                ));
-                let limit = self.state.config.request_time_limit();
-                let outcome = match tokio::time::timeout(limit, handled).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(ServiceError::Unavailable(
-                        "the server is too slow right now".into(),
-                    )),
-                };
+                    self.state.config.request_time_limit(),
+                )
+                .await;
                 self.queue_ready(reply_text(id, reqid, outcome));
             }
         }

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chat_server::{Application, Config, ShutdownHandle};
-use common::{Backend, Client, TestDb, assert_ack, http_get, password_of};
+use common::{Backend, Client, Redis, TestDb, assert_ack, http_get, password_of};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -515,6 +515,39 @@ async fn a_database_outage_is_answered_503_quickly_and_recovered_from() {
         .recv_where("after", PATIENCE, |f| f["msg"] == "after")
         .await;
     assert_eq!(push["msgid"], 6);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_cut_short_by_the_time_limit_leaves_the_connection_logged_out() {
+    let redis = Redis::start();
+    let redis_url = redis.url();
+    let s = server(Backend::Sqlite, |c| {
+        c.redis_url = Some(redis_url);
+        c.request_timeout = 1;
+    })
+    .await;
+    let bob = s.user("bob").await;
+    let mut ann = Client::connect(s.port).await;
+    let id = ann.register("ann", &password_of("ann")).await;
+    let login = json!({"msgid": 1, "id": id, "password": password_of("ann")});
+    assert_eq!(ann.request(login.clone()).await["errno"], 0);
+    ann.add_friend(bob.id).await;
+    ann.logout().await;
+
+    // Redis stops answering: the login registers the connection, then waits on Redis (its
+    // friend's presence) past the one-second limit.
+    redis.pause();
+    let r = ann.request(login.clone()).await;
+    redis.resume();
+    assert_eq!(r["errno"], 503, "{r}");
+
+    // Logged out as the 503 said: the same request again logs in (it was answered 409, "this
+    // connection is already logged in", by a connection the server held logged in).
+    let r = ann.request(login).await;
+    assert_eq!(r["errno"], 0, "{r}");
+    let r = ann.chat(bob.id, "back").await;
+    assert_eq!(r["errno"], 0, "{r}");
     s.stop().await;
 }
 

@@ -352,14 +352,14 @@ impl Connection {
 
     /// A request through the service layer, answered 503 past the request timeout.
     async fn service(&mut self, request: Request) -> Result<service::Payload, ServiceError> {
-        let timeout = self.state.config.request_time_limit();
-        let handled = service::handle(&self.state, &mut self.session, &self.handle, request);
-        match tokio::time::timeout(timeout, handled).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ServiceError::Unavailable(
-                "the server is too slow right now".into(),
-            )),
-        }
+        service::handle_within(
+            &self.state,
+            &mut self.session,
+            &self.handle,
+            request,
+            self.state.config.request_time_limit(),
+        )
+        .await
     }
 
     fn user_id(&self) -> i64 {

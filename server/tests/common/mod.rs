@@ -834,6 +834,26 @@ impl Redis {
         self.spawn();
     }
 
+    /// Freezes the process (SIGSTOP): its connections stay open and nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = std::process::Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {signal} redis-server");
+        }
+    }
+
     /// Kills the process.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
