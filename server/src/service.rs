@@ -62,20 +62,21 @@ impl Session {
     }
 }
 
-/// [`handle`] within `limit`: past it, the request is dropped and answered 503. A login cut
-/// short after it registered the connection (while it subscribed or read the backlog) is undone,
-/// so that the connection is logged out as its 503 says and the client may simply try again.
+/// [`handle`] within the request time limit (`--request-timeout`): past it, the request is
+/// dropped and answered 503. A login cut short after it registered the connection (while it
+/// subscribed or read the backlog) is undone, so that the connection is logged out as its 503
+/// says and the client may simply try again.
 pub async fn handle_within(
     state: &AppState,
     session: &mut Session,
     conn: &ConnHandle,
     request: Request,
-    limit: std::time::Duration,
 ) -> Result<Payload, ServiceError> {
     let logged_in = session.user.is_some();
     // Boxed: the handlers' state (login is large) lives on the heap only while one runs,
     // instead of in every idle connection's task.
     let handled = Box::pin(handle(state, session, conn, request));
+    let limit = state.config.request_time_limit();
     let outcome = tokio::time::timeout(limit, handled).await;
     match outcome {
         Ok(outcome) => outcome,

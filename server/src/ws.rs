@@ -261,14 +261,9 @@ impl Connection {
                 if matches!(other, Request::Logout) {
                     self.fresh_push_queue();
                 }
-                let outcome = service::handle_within(
-                    &self.state,
-                    &mut self.session,
-                    &self.handle,
-                    other,
-                    self.state.config.request_time_limit(),
-                )
-                .await;
+                let outcome =
+                    service::handle_within(&self.state, &mut self.session, &self.handle, other)
+                        .await;
                 self.queue_ready(reply_text(id, reqid, outcome));
             }
         }

@@ -88,10 +88,11 @@ pub async fn run(ctx: &Ctx, args: &ChatArgs) -> anyhow::Result<Outcome> {
     if !relays.is_empty() {
         let base = middle(&relays);
         let (s, b) = (median_rate(&servers), median_rate(&relays));
-        let ratio = if b > 0.0 { s / b } else { 0.0 };
+        let ratio = share(s, b);
         rows.push(("".into(), "".into()));
         rows.extend(rows_of(base, "baseline relay: "));
-        if servers.len() > 1 {
+        let rounds = servers.len() > 1;
+        if rounds {
             rows.push((
                 "rounds: server / relay / ratio".into(),
                 servers
@@ -120,7 +121,7 @@ pub async fn run(ctx: &Ctx, args: &ChatArgs) -> anyhow::Result<Outcome> {
             ));
         }
         rows.push((
-            if servers.len() > 1 {
+            if rounds {
                 "server / baseline (medians)".into()
             } else {
                 "server / baseline".into()
@@ -134,7 +135,7 @@ pub async fn run(ctx: &Ctx, args: &ChatArgs) -> anyhow::Result<Outcome> {
         ));
         result["baseline"] = json!(base);
         result["ratio"] = json!(ratio);
-        if servers.len() > 1 {
+        if rounds {
             result["rounds"] = servers
                 .iter()
                 .zip(&relays)
@@ -251,13 +252,14 @@ fn median_rate(runs: &[ChatResult]) -> f64 {
     }
 }
 
-/// The server's throughput as a share of the relay's.
+/// The server's throughput as a share of the relay's (0 when the relay delivered nothing).
+fn share(server: f64, relay: f64) -> f64 {
+    if relay > 0.0 { server / relay } else { 0.0 }
+}
+
+/// [`share`] of one round's two runs.
 fn ratio_of(server: &ChatResult, relay: &ChatResult) -> f64 {
-    if relay.delivered_per_sec > 0.0 {
-        server.delivered_per_sec / relay.delivered_per_sec
-    } else {
-        0.0
-    }
+    share(server.delivered_per_sec, relay.delivered_per_sec)
 }
 
 /// One chat run against `ctx.targets`.

@@ -352,14 +352,7 @@ impl Connection {
 
     /// A request through the service layer, answered 503 past the request timeout.
     async fn service(&mut self, request: Request) -> Result<service::Payload, ServiceError> {
-        service::handle_within(
-            &self.state,
-            &mut self.session,
-            &self.handle,
-            request,
-            self.state.config.request_time_limit(),
-        )
-        .await
+        service::handle_within(&self.state, &mut self.session, &self.handle, request).await
     }
 
     fn user_id(&self) -> i64 {
