@@ -799,3 +799,88 @@ async fn on_a_redis_cluster_sharded_pub_sub_carries_every_push_across_replicas()
     drop(cluster);
     db.destroy().await;
 }
+
+/// One publish of several events goes to Redis as one message per channel (a bundle), and the
+/// other replica's connection gets every event, each channel's in publishing order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_crosses_redis_as_one_message_per_channel_in_order() {
+    use std::sync::Arc;
+
+    use chat_server::bus::{Bus, BusEvent, Channel};
+    use chat_server::hub::{ConnHandle, Hub, Overflow};
+    use fred::prelude::{ClientLike, Config as RedisConfig, EventInterface, PubsubInterface};
+
+    let redis = Redis::start();
+    let url = redis.url();
+    // A plain subscriber beside the replicas: it sees the messages Redis carries.
+    let spy = fred::prelude::Builder::from_config(RedisConfig::from_url(&url).unwrap())
+        .build_subscriber_client()
+        .unwrap();
+    spy.init().await.unwrap();
+    let mut carried = spy.message_rx();
+    let names = [Channel::User(7).name(), Channel::Group(9).name()];
+    spy.subscribe(names.to_vec()).await.unwrap();
+
+    // Replica b: user 7, a member of group 9, connected there.
+    let hub = Arc::new(Hub::default());
+    let b = Bus::redis(&url, hub.clone(), "b".into()).await.unwrap();
+    let (tx, mut pushes) = tokio::sync::mpsc::channel(16);
+    let change = hub.attach(
+        7,
+        ConnHandle::new(1, tx, Arc::new(Overflow::default())),
+        &[9],
+    );
+    b.sync(&change.channels).await.unwrap();
+
+    // Replica a publishes a batch: three pushes to the user, one to the group, interleaved.
+    let a = Bus::redis(&url, Arc::new(Hub::default()), "a".into())
+        .await
+        .unwrap();
+    let push = |text: &str| BusEvent::Push {
+        frame: text.into(),
+        skip: None,
+    };
+    let results = a
+        .publish_all(vec![
+            (Channel::User(7), push("u1")),
+            (Channel::Group(9), push("g1")),
+            (Channel::User(7), push("u2")),
+            (Channel::User(7), push("u3")),
+        ])
+        .await;
+    assert_eq!(results.len(), 4);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let frame = tokio::time::timeout(PATIENCE, pushes.recv())
+            .await
+            .expect("every push arrives")
+            .unwrap();
+        got.push(frame.to_string());
+    }
+    let to_user: Vec<&str> = got
+        .iter()
+        .map(String::as_str)
+        .filter(|f| f.starts_with('u'))
+        .collect();
+    assert_eq!(to_user, ["u1", "u2", "u3"], "all pushes: {got:?}");
+    assert!(got.iter().any(|f| f == "g1"), "all pushes: {got:?}");
+
+    let mut channels = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(PATIENCE, carried.recv())
+            .await
+            .expect("Redis carries a message per channel")
+            .unwrap();
+        channels.push(message.channel.to_string());
+    }
+    channels.sort();
+    let mut expected = names.to_vec();
+    expected.sort();
+    assert_eq!(channels, expected);
+    // And no more: the user's three pushes were one message.
+    let more = tokio::time::timeout(Duration::from_millis(300), carried.recv()).await;
+    assert!(more.is_err(), "a third message: {more:?}");
+    let _ = spy.quit().await;
+}

@@ -130,6 +130,39 @@ impl BusEvent {
     }
 }
 
+/// Tag of a bundle's wire form: several events of one channel in one Redis message.
+const BUNDLE_TAG: &str = "B\n";
+
+/// The wire form of several events of one channel, in order, as one message: `B\n`, then for
+/// each event the length in bytes of its wire form, `\n`, and that wire form.
+pub fn encode_bundle<'a>(events: impl IntoIterator<Item = &'a BusEvent>) -> String {
+    let mut out = String::from(BUNDLE_TAG);
+    for event in events {
+        let wire = event.encode();
+        out.push_str(&wire.len().to_string());
+        out.push('\n');
+        out.push_str(&wire);
+    }
+    out
+}
+
+/// Reads one Redis message back: a single event or a bundle's events, in order (`None`:
+/// unreadable, in part or whole).
+pub fn decode_message(text: &str) -> Option<Vec<BusEvent>> {
+    let Some(mut rest) = text.strip_prefix(BUNDLE_TAG) else {
+        return BusEvent::decode(text).map(|e| vec![e]);
+    };
+    let mut events = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_once('\n')?;
+        let len: usize = len.parse().ok()?;
+        let wire = tail.get(..len)?;
+        events.push(BusEvent::decode(wire)?);
+        rest = &tail[len..];
+    }
+    Some(events)
+}
+
 /// Why a publish or subscription failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -188,7 +221,8 @@ impl Bus {
         }
     }
 
-    /// Publishes several events, pipelined, in order; one result per event.
+    /// Publishes several events, in order; one result per event. On Redis each channel's events
+    /// go as one message (a bundle), the channels' messages pipelined.
     pub async fn publish_all(&self, events: Vec<(Channel, BusEvent)>) -> Vec<Result<(), BusError>> {
         match &self.redis {
             None => events
@@ -198,14 +232,7 @@ impl Bus {
                     Ok(())
                 })
                 .collect(),
-            Some(r) => {
-                futures_util::future::join_all(
-                    events
-                        .iter()
-                        .map(|(channel, event)| r.publish(*channel, event)),
-                )
-                .await
-            }
+            Some(r) => r.publish_all(&events).await,
         }
     }
 
@@ -290,5 +317,36 @@ mod tests {
         }
         assert_eq!(BusEvent::decode("X\n1"), None);
         assert_eq!(BusEvent::decode("P\nn\nnotanumber\n{}"), None);
+    }
+
+    #[test]
+    fn a_bundle_carries_its_events_in_order_and_a_single_event_reads_as_one() {
+        let events = vec![
+            BusEvent::Push {
+                frame: "{\"msgid\":6,\"msg\":\"B\\n12\\né\"}".into(),
+                skip: Some(Origin {
+                    node: "n1".into(),
+                    conn: 3,
+                }),
+            },
+            BusEvent::Members { group: 4 },
+            BusEvent::Push {
+                frame: "{}".into(),
+                skip: None,
+            },
+        ];
+        let wire = encode_bundle(&events);
+        assert!(wire.starts_with("B\n"));
+        assert_eq!(decode_message(&wire), Some(events.clone()));
+        assert_eq!(
+            decode_message(&events[1].encode()),
+            Some(vec![events[1].clone()])
+        );
+        // Truncated, a length past the end or not a number, an unreadable event: refused whole.
+        assert_eq!(decode_message(&wire[..wire.len() - 1]), None);
+        assert_eq!(decode_message("B\n99\nM\n4"), None);
+        assert_eq!(decode_message("B\nx\nM\n4"), None);
+        assert_eq!(decode_message("B\n3\nX\n4"), None);
+        assert_eq!(decode_message("B\n"), Some(Vec::new()));
     }
 }
