@@ -82,21 +82,30 @@ impl BusEvent {
     /// The wire form on Redis: `P\n<node>\n<conn>\n<frame>`, `J\n<group>`, `L\n<group>` or
     /// `M\n<group>`.
     pub fn encode(&self) -> String {
+        let mut s = String::new();
+        self.encode_into(&mut s);
+        s
+    }
+
+    /// Appends the wire form to `out`.
+    fn encode_into(&self, out: &mut String) {
+        use std::fmt::Write;
         match self {
             BusEvent::Push { frame, skip } => {
                 let (node, conn) = skip.as_ref().map_or(("", 0), |o| (&*o.node, o.conn));
-                let mut s = String::with_capacity(frame.len() + node.len() + 24);
-                s.push_str("P\n");
-                s.push_str(node);
-                s.push('\n');
-                s.push_str(&conn.to_string());
-                s.push('\n');
-                s.push_str(frame);
-                s
+                out.reserve(frame.len() + node.len() + 24);
+                let _ = write!(out, "P\n{node}\n{conn}\n");
+                out.push_str(frame);
             }
-            BusEvent::Joined { group } => format!("J\n{group}"),
-            BusEvent::Left { group } => format!("L\n{group}"),
-            BusEvent::Members { group } => format!("M\n{group}"),
+            BusEvent::Joined { group } => {
+                let _ = write!(out, "J\n{group}");
+            }
+            BusEvent::Left { group } => {
+                let _ = write!(out, "L\n{group}");
+            }
+            BusEvent::Members { group } => {
+                let _ = write!(out, "M\n{group}");
+            }
         }
     }
 
@@ -136,11 +145,14 @@ const BUNDLE_TAG: &str = "B\n";
 /// The wire form of several events of one channel, in order, as one message: `B\n`, then for
 /// each event the length in bytes of its wire form, `\n`, and that wire form.
 pub fn encode_bundle<'a>(events: impl IntoIterator<Item = &'a BusEvent>) -> String {
+    use std::fmt::Write;
     let mut out = String::from(BUNDLE_TAG);
+    // Each event's wire form goes through one scratch buffer: its length comes first.
+    let mut wire = String::new();
     for event in events {
-        let wire = event.encode();
-        out.push_str(&wire.len().to_string());
-        out.push('\n');
+        wire.clear();
+        event.encode_into(&mut wire);
+        let _ = writeln!(out, "{}", wire.len());
         out.push_str(&wire);
     }
     out
